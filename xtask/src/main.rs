@@ -1,2 +1,15 @@
-//! Developer tasks.
-fn main() {}
+//! Sluice's developer tasks: `cargo xtask test|ebpf|bench|codegen`.
+
+mod ebpf;
+
+use anyhow::{Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "ebpf" => ebpf::run(&rest),
+        _ => bail!("usage: cargo xtask <test|ebpf|bench|codegen> [ARGS]"),
+    }
+}
