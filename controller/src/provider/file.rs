@@ -1,0 +1,614 @@
+//! The file provider of standalone mode: every `*.yaml`/`*.yml` under a directory, multi-document,
+//! holding real Kubernetes objects.
+//!
+//! A file is all-or-nothing: when any document in it fails (YAML syntax, unknown kind, schema
+//! error, bad regular expression, an object defined twice), every error is reported with
+//! `file:line` and the file's **last good version keeps applying** (nothing of it, if it never
+//! loaded). Other files are unaffected. Unchanged files are not parsed again.
+
+use crate::provider::schema;
+use crate::provider::yaml::{Document, parse_documents};
+use crate::resources::{Object, ObjectError, ObjectSource, Resources};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sluice_ir::ObjectRef;
+use sluice_ir::status::{ConfigError, SourceLocation};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The namespace given to namespaced objects that name none (as kubectl does).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, Clone)]
+struct Parsed {
+    object: Object,
+    source: SourceLocation,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FileState {
+    /// Hash of the content last read.
+    content_hash: u64,
+    /// Objects of the last version that loaded cleanly.
+    good: Option<Vec<Parsed>>,
+    /// Errors of the current version (empty when it is the good one).
+    errors: Vec<ConfigError>,
+}
+
+/// Reads a directory of manifests into [`Resources`], remembering each file's last good version.
+#[derive(Debug)]
+pub struct FileProvider {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// The directory itself cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {dir}: {source}")]
+pub struct DirError {
+    /// The directory.
+    pub dir: String,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+struct Located<'a> {
+    doc: &'a Document,
+}
+
+impl ObjectSource for Located<'_> {
+    fn typed<K: DeserializeOwned>(self) -> Result<K, ObjectError> {
+        serde_path_to_error::deserialize(&self.doc.value).map_err(|e| {
+            let path = e.path().to_string();
+            let line = self.doc.line_of(&path);
+            ObjectError::Schema(format!("line {line}: {path}: {}", e.into_inner()))
+        })
+    }
+}
+
+impl FileProvider {
+    /// A provider for `dir` (nothing is read until [`FileProvider::load`]).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileProvider {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// The directory watched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Lists manifest files under the directory, sorted, skipping hidden files and directories
+    /// (editors' swap files, `..data` symlink farms of mounted ConfigMaps).
+    fn list(&self) -> Result<Vec<PathBuf>, DirError> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>, top: bool) -> std::io::Result<()> {
+            let rd = match std::fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if !top => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "skipping unreadable directory");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            for entry in rd {
+                let entry = entry?;
+                let path = entry.path();
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let ft = std::fs::metadata(&path).map(|m| m.file_type());
+                match ft {
+                    Ok(ft) if ft.is_dir() => walk(&path, out, false)?,
+                    Ok(ft)
+                        if ft.is_file()
+                            && path.extension().is_some_and(|e| e == "yaml" || e == "yml") =>
+                    {
+                        out.push(path)
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        walk(&self.dir, &mut out, true).map_err(|source| DirError {
+            dir: self.dir.display().to_string(),
+            source,
+        })?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Re-reads changed files and returns the store: every file's current version if it is
+    /// good, else its last good one; `errors` lists what is wrong now.
+    pub fn load(&mut self) -> Result<Resources, DirError> {
+        let paths = self.list()?;
+        self.files.retain(|p, _| paths.binary_search(p).is_ok());
+        for path in &paths {
+            let state = self.files.entry(path.clone()).or_default();
+            // Reading and hashing is cheap next to parsing, and unlike modification times it
+            // never misses a rewrite within one clock tick.
+            let text = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    state.errors = vec![error_at(path, 1, None, None, format!("cannot read: {e}"))];
+                    state.content_hash = 0;
+                    continue;
+                }
+            };
+            let hash = fnv(&text);
+            if hash == state.content_hash && (state.good.is_some() || !state.errors.is_empty()) {
+                continue;
+            }
+            state.content_hash = hash;
+            match parse_file(path, &text) {
+                Ok(objects) => {
+                    state.good = Some(objects);
+                    state.errors.clear();
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::warn!(error = %e, "configuration rejected; the last good version of this file keeps applying");
+                    }
+                    state.errors = errors;
+                }
+            }
+        }
+        Ok(self.assemble())
+    }
+
+    fn assemble(&mut self) -> Resources {
+        let mut res = Resources::default();
+        let mut new_errors: Vec<(PathBuf, ConfigError)> = Vec::new();
+        for (path, state) in &self.files {
+            res.errors.extend(state.errors.iter().cloned());
+            let Some(objects) = &state.good else { continue };
+            // Insert into a scratch copy first so a file is all-or-nothing with respect to
+            // duplicates too.
+            let mut trial = res.clone();
+            let mut dup = Vec::new();
+            for p in objects {
+                if let Err(d) = trial.insert(p.object.clone(), Some(p.source.clone())) {
+                    let first = res
+                        .sources
+                        .get(&d.0)
+                        .map(|s| format!(" (first defined at {s})"))
+                        .unwrap_or_default();
+                    dup.push(ConfigError {
+                        source: p.source.clone(),
+                        object: Some(d.0.clone()),
+                        message: format!("defined more than once{first}; this file is ignored"),
+                    });
+                }
+            }
+            if dup.is_empty() {
+                res = trial;
+            } else {
+                new_errors.extend(dup.into_iter().map(|e| (path.clone(), e)));
+            }
+        }
+        for (_, e) in new_errors {
+            tracing::warn!(error = %e, "configuration rejected");
+            res.errors.push(e);
+        }
+        res.errors.sort();
+        res
+    }
+}
+
+fn error_at(
+    path: &Path,
+    line: u32,
+    column: Option<u32>,
+    object: Option<ObjectRef>,
+    message: String,
+) -> ConfigError {
+    ConfigError {
+        source: SourceLocation {
+            file: path.display().to_string(),
+            line,
+            column,
+        },
+        object,
+        message,
+    }
+}
+
+/// Checks an HTTPRoute's or GRPCRoute's regular expressions (the CRDs leave them free-form).
+fn check_regexes(kind: &str, v: &Value) -> Vec<(String, String)> {
+    let mut bad = Vec::new();
+    let mut check = |path: String, m: &Value| {
+        if m["type"] == "RegularExpression"
+            && let Some(re) = m["value"].as_str()
+            && let Err(e) = regex::Regex::new(re)
+        {
+            let first = e.to_string().lines().last().unwrap_or_default().to_string();
+            bad.push((path, format!("invalid regular expression {re:?}: {first}")));
+        }
+    };
+    let rules = v["spec"]["rules"].as_array().into_iter().flatten();
+    for (ri, rule) in rules.enumerate() {
+        for (mi, m) in rule["matches"].as_array().into_iter().flatten().enumerate() {
+            let base = format!("spec.rules[{ri}].matches[{mi}]");
+            if kind == "HTTPRoute" {
+                check(format!("{base}.path.value"), &m["path"]);
+                for (qi, q) in m["queryParams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    check(format!("{base}.queryParams[{qi}].value"), q);
+                }
+            } else {
+                check(format!("{base}.method"), &m["method"]);
+            }
+            for (hi, h) in m["headers"].as_array().into_iter().flatten().enumerate() {
+                check(format!("{base}.headers[{hi}].value"), h);
+            }
+        }
+    }
+    bad
+}
+
+/// Checks `metadata.name` the way the API server does for most kinds (DNS subdomain).
+fn check_name(v: &Value) -> Result<(), String> {
+    let name = v["metadata"]["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name is required".into());
+    }
+    let ok = name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "metadata.name {name:?} is not a valid name (lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<Parsed>, Vec<ConfigError>> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| vec![error_at(path, 1, None, None, format!("not UTF-8: {e}"))])?;
+    let docs = parse_documents(text).map_err(|e| {
+        vec![error_at(
+            path,
+            e.line,
+            Some(e.column),
+            None,
+            format!("invalid YAML: {}", e.message),
+        )]
+    })?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for mut doc in docs {
+        let str_field = |f: &str| doc.value[f].as_str().unwrap_or_default().to_string();
+        let (api_version, kind) = (str_field("apiVersion"), str_field("kind"));
+        let name = doc.value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let namespace = doc.value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_string();
+        let object = (!kind.is_empty()).then(|| ObjectRef::new(&kind, &namespace, &name));
+        let mut fail = |line: u32, msg: String| {
+            errors.push(error_at(path, line, None, object.clone(), msg));
+        };
+        if !doc.value.is_object() {
+            fail(
+                doc.line,
+                "a document must be a mapping (a Kubernetes object)".into(),
+            );
+            continue;
+        }
+        if api_version.is_empty() || kind.is_empty() {
+            fail(doc.line, "apiVersion and kind are required".into());
+            continue;
+        }
+        if let Err(e) = check_name(&doc.value) {
+            fail(doc.line_of("metadata.name"), e);
+            continue;
+        }
+        if let Err(errs) = schema::validate(&api_version, &kind, &mut doc.value) {
+            for e in errs {
+                fail(doc.line_of(&e.path), format!("{}: {}", e.path, e.message));
+            }
+            continue;
+        }
+        if kind == "HTTPRoute" || kind == "GRPCRoute" {
+            let bad = check_regexes(&kind, &doc.value);
+            if !bad.is_empty() {
+                for (p, msg) in bad {
+                    fail(doc.line_of(&p), format!("{p}: {msg}"));
+                }
+                continue;
+            }
+        }
+        match Object::decode(&api_version, &kind, Located { doc: &doc }) {
+            Ok(Some(mut obj)) => {
+                obj.default_namespace(DEFAULT_NAMESPACE);
+                out.push(Parsed {
+                    object: obj,
+                    source: SourceLocation {
+                        file: path.display().to_string(),
+                        line: doc.line,
+                        column: None,
+                    },
+                });
+            }
+            Ok(None) => {
+                tracing::debug!(file = %path.display(), line = doc.line, %kind, "ignored kind")
+            }
+            Err(ObjectError::Schema(msg)) => {
+                // `msg` starts with "line N: path: ..." from Located.
+                let (line, rest) = split_line(&msg).unwrap_or((doc.line, msg.as_str()));
+                fail(line, rest.to_string());
+            }
+            Err(e) => fail(doc.line, e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn split_line(msg: &str) -> Option<(u32, &str)> {
+    let rest = msg.strip_prefix("line ")?;
+    let (n, rest) = rest.split_once(": ")?;
+    Some((n.parse().ok()?, rest))
+}
+
+/// Watches `dir` recursively and sends `()` after changes settle: once no event arrived for
+/// `quiet`, or at the latest `max_delay` after the first one. Dropping the receiver stops it.
+pub fn watch(
+    dir: &Path,
+    quiet: Duration,
+    max_delay: Duration,
+) -> notify::Result<tokio::sync::mpsc::Receiver<()>> {
+    use notify::{RecursiveMode, Watcher};
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher =
+        notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+            Ok(ev) if ev.kind.is_access() => {}
+            Ok(_) => {
+                let _ = raw_tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "file watch error"),
+        })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let _watcher = watcher; // lives as long as this task
+        while raw_rx.recv().await.is_some() {
+            let deadline = tokio::time::Instant::now() + max_delay;
+            loop {
+                let wait = tokio::time::sleep(quiet);
+                tokio::select! {
+                    more = raw_rx.recv() => {
+                        if more.is_none() { return; }
+                        if tokio::time::Instant::now() >= deadline { break; }
+                    }
+                    _ = wait => break,
+                }
+            }
+            match tx.try_send(()) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: r
+  namespace: apps
+spec:
+  rules:
+  - matches:
+    - path:
+        type: RegularExpression
+        value: /v[0-9]+
+    backendRefs:
+    - name: svc
+      port: 80
+";
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn loads_multi_document_files_with_sources() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "a.yaml",
+            &format!(
+                "{ROUTE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc}}\nspec: {{ports: [{{port: 80}}]}}\n"
+            ),
+        );
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        write(
+            d.path(),
+            "sub/ns.yml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n",
+        );
+        write(d.path(), "notes.txt", "ignored");
+        let mut p = FileProvider::new(d.path());
+        let res = p.load().unwrap();
+        assert!(res.errors.is_empty(), "{:?}", res.errors);
+        assert_eq!(res.len(), 3);
+        let src = res.source("Service", "default", "svc").unwrap();
+        assert_eq!(src.line, 16);
+        assert!(src.file.ends_with("a.yaml"));
+        assert!(res.namespaces.contains_key(&crate::Key::new("", "apps")));
+    }
+
+    #[test]
+    fn a_bad_file_keeps_its_last_good_version_and_others_apply() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "route.yaml", ROUTE);
+        let mut p = FileProvider::new(d.path());
+        let res = p.load().unwrap();
+        assert_eq!(res.http_routes.len(), 1);
+
+        // Invalid YAML: reported with line; the route stays.
+        write(d.path(), "route.yaml", &format!("{ROUTE}  - bad: [\n"));
+        write(
+            d.path(),
+            "svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: other}\n",
+        );
+        let res = p.load().unwrap();
+        assert_eq!(res.http_routes.len(), 1, "last good version kept");
+        assert_eq!(res.services.len(), 1, "other files still apply");
+        assert_eq!(res.errors.len(), 1);
+        let e = &res.errors[0];
+        assert!(e.source.file.ends_with("route.yaml"));
+        assert!(e.source.line >= 16, "{e}");
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+
+        // A bad regular expression, reported at its line.
+        write(
+            d.path(),
+            "route.yaml",
+            &ROUTE.replace("/v[0-9]+", "/v[0-9+"),
+        );
+        let res = p.load().unwrap();
+        assert_eq!(res.http_routes.len(), 1);
+        let e = &res.errors[0];
+        assert_eq!(e.source.line, 11, "{e}");
+        assert_eq!(e.object, Some(ObjectRef::new("HTTPRoute", "apps", "r")));
+        assert!(
+            e.message
+                .contains("spec.rules[0].matches[0].path.value: invalid regular expression"),
+            "{e}"
+        );
+
+        // Schema error.
+        write(
+            d.path(),
+            "route.yaml",
+            &ROUTE.replace("port: 80", "port: 99999"),
+        );
+        let res = p.load().unwrap();
+        let e = &res.errors[0];
+        assert_eq!(e.source.line, 14, "{e}");
+        assert!(
+            e.message
+                .contains("backendRefs[0].port: must be at most 65535"),
+            "{e}"
+        );
+
+        // Unknown kind.
+        write(
+            d.path(),
+            "route.yaml",
+            &format!(
+                "{ROUTE}---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w}}\n"
+            ),
+        );
+        let res = p.load().unwrap();
+        let e = &res.errors[0];
+        assert_eq!(e.source.line, 16, "{e}");
+        assert!(e.message.contains("unknown kind \"Widget\""), "{e}");
+
+        // Fixed: the new version applies, errors clear.
+        write(d.path(), "route.yaml", &ROUTE.replace("svc", "svc2"));
+        let res = p.load().unwrap();
+        assert!(res.errors.is_empty());
+        let r = res.http_routes.values().next().unwrap();
+        let rule = &r.spec.rules.as_ref().unwrap()[0];
+        assert_eq!(rule.backend_refs.as_ref().unwrap()[0].name, "svc2");
+
+        // Deleted: gone.
+        std::fs::remove_file(d.path().join("route.yaml")).unwrap();
+        assert!(p.load().unwrap().http_routes.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_never_loaded_contributes_nothing_and_typed_errors_have_lines() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: eighty\n",
+        );
+        let res = FileProvider::new(d.path()).load().unwrap();
+        assert!(res.services.is_empty());
+        let e = &res.errors[0];
+        assert_eq!(e.source.line, 7, "{e}");
+        assert!(
+            e.message.starts_with("spec.ports[0].port: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicates_across_files_reject_the_later_file() {
+        let d = tempfile::tempdir().unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n";
+        write(d.path(), "a.yaml", svc);
+        write(
+            d.path(),
+            "b.yaml",
+            &format!("{svc}---\napiVersion: v1\nkind: Service\nmetadata: {{name: t}}\n"),
+        );
+        let res = FileProvider::new(d.path()).load().unwrap();
+        assert_eq!(res.services.len(), 1, "b.yaml is all-or-nothing");
+        assert_eq!(res.errors.len(), 1);
+        assert!(res.errors[0].source.file.ends_with("b.yaml"));
+        assert!(
+            res.errors[0].message.contains("first defined at"),
+            "{}",
+            res.errors[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_reports_changes_once_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let mut rx = watch(
+            d.path(),
+            Duration::from_millis(20),
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        for i in 0..5 {
+            write(d.path(), &format!("{i}.yaml"), "a: 1\n");
+        }
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a change notification")
+            .unwrap();
+    }
+}
