@@ -100,7 +100,11 @@ pub struct ResourceStatus {
     /// Gateway `status.addresses`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<GatewayAddress>,
-    /// Gateway `status.listeners`, in spec order.
+    /// Gateway `status.attachedListenerSets`: ListenerSets accepted by this Gateway (Gateways
+    /// only; `None` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_listener_sets: Option<i32>,
+    /// Gateway `status.listeners`, in spec order (ListenerSet: its `status.listeners`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerStatus>,
     /// Route `status.parents` (only parents whose Gateway Sluice controls), in parentRef order.
