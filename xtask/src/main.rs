@@ -1,6 +1,7 @@
 //! Sluice's developer tasks: `cargo xtask test|ebpf|bench|codegen`.
 
 mod ebpf;
+mod test;
 
 use anyhow::{Result, bail};
 
@@ -10,6 +11,7 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match cmd.as_str() {
         "ebpf" => ebpf::run(&rest),
+        "test" => test::main(&rest),
         _ => bail!("usage: cargo xtask <test|ebpf|bench|codegen> [ARGS]"),
     }
 }
