@@ -1,1 +1,310 @@
-//! TODO
+//! Sluice's L7 data plane: listeners (HTTP/1.1, HTTP/2 cleartext and HTTPS), Gateway API
+//! routing and filters run as named phases, upstream pools and load balancing, hot reload of
+//! IR snapshots, and the admin API.
+//!
+//! ```no_run
+//! # async fn run(snapshot: sluice_ir::Snapshot) -> Result<(), Box<dyn std::error::Error>> {
+//! let proxy = sluice_proxy::Proxy::start(sluice_proxy::ProxyOptions::default())?;
+//! let report = proxy.apply(snapshot).await;
+//! assert!(report.applied, "{:?}", report.validation_errors);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod body;
+mod compile;
+pub mod error;
+mod filters;
+pub mod metrics;
+mod phases;
+pub mod router;
+mod server;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+mod tls;
+mod upstream;
+
+pub use body::ProxyBody;
+pub use compile::CompileError;
+pub use error::{ErrorKind, ErrorSource, HttpError, ProxyError, RetryType};
+pub use filters::modify_path;
+
+use crate::compile::compile;
+use crate::metrics::Metrics;
+use crate::server::{Command, ConnSettings, ListenerShared};
+use crate::upstream::{EndpointRt, PoolSettings};
+use arc_swap::ArcSwap;
+use sluice_ir::{ListenerProtocol, Snapshot, ValidationError};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Proxy worker threads, each with its own runtime and its own socket per listener
+    /// (default: one per core).
+    pub workers: usize,
+    /// Time a client may take to send a request head on HTTP/1.1 (default 30 s; `None` = none).
+    pub header_read_timeout: Option<Duration>,
+    /// Time a TLS handshake may take (default 10 s).
+    pub tls_handshake_timeout: Duration,
+    /// Idle upstream HTTP/1.1 connections older than this are not reused (default 60 s).
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream HTTP/1.1 connections kept per endpoint and worker (default 256).
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            header_read_timeout: Some(Duration::from_secs(30)),
+            tls_handshake_timeout: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 256,
+        }
+    }
+}
+
+/// The outcome of [`Proxy::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The snapshot is now serving (possibly without the listeners in `listener_errors`).
+    pub applied: bool,
+    /// Why the snapshot was rejected (validation or compilation); the previous one keeps serving.
+    pub validation_errors: Vec<ValidationError>,
+    /// Listeners that could not be served (e.g. port taken), by [`sluice_ir::Listener::name`].
+    /// They are retried on the next apply.
+    pub listener_errors: BTreeMap<String, String>,
+}
+
+struct Control {
+    listeners: HashMap<String, Arc<ListenerShared>>,
+    /// Listeners stopped but possibly still draining connections.
+    draining: Vec<Arc<ListenerShared>>,
+    endpoints: HashMap<SocketAddr, Arc<EndpointRt>>,
+}
+
+struct Inner {
+    opts: ProxyOptions,
+    workers: std::sync::Mutex<Vec<mpsc::UnboundedSender<Command>>>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    control: tokio::sync::Mutex<Control>,
+    current: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// The L7 proxy. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("workers", &self.inner.opts.workers)
+            .field("version", &self.inner.current.load().version)
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// Spawns the worker threads; nothing is served until [`Proxy::apply`].
+    pub fn start(opts: ProxyOptions) -> Result<Proxy, ProxyError> {
+        if opts.workers == 0 {
+            return Err(ProxyError::Options("workers must be at least 1".into()));
+        }
+        let mut senders = Vec::with_capacity(opts.workers);
+        let mut threads = Vec::with_capacity(opts.workers);
+        for i in 0..opts.workers {
+            let (tx, handle) = server::spawn_worker(i)
+                .map_err(|source| ProxyError::Worker { worker: i, source })?;
+            senders.push(tx);
+            threads.push(handle);
+        }
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                opts,
+                workers: std::sync::Mutex::new(senders),
+                threads: std::sync::Mutex::new(threads),
+                control: tokio::sync::Mutex::new(Control {
+                    listeners: HashMap::new(),
+                    draining: Vec::new(),
+                    endpoints: HashMap::new(),
+                }),
+                current: ArcSwap::from_pointee(Snapshot::default()),
+                ready: AtomicBool::new(false),
+                metrics: Arc::new(Metrics::new()),
+            }),
+        })
+    }
+
+    /// Validates and compiles `snapshot`, binds added listeners, keeps unchanged ones (with
+    /// their sockets and connections), drains removed ones, and swaps the routing of every
+    /// listener. An invalid snapshot is rejected whole and the previous one keeps serving.
+    pub async fn apply(&self, snapshot: Snapshot) -> ApplyReport {
+        let mut ctl = self.inner.control.lock().await;
+        let mut report = ApplyReport::default();
+        if let Err(errors) = snapshot.validate() {
+            tracing::warn!(version = snapshot.version, errors = errors.len(), first = %errors[0], "snapshot rejected");
+            report.validation_errors = errors;
+            return report;
+        }
+        let pool = PoolSettings {
+            idle_timeout: self.inner.opts.upstream_idle_timeout,
+            max_idle: self.inner.opts.max_idle_per_endpoint,
+        };
+        let compiled = match compile(&snapshot, &ctl.endpoints, pool) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(version = snapshot.version, error = %e, "snapshot rejected");
+                report.validation_errors = vec![e.into()];
+                return report;
+            }
+        };
+        let settings = ConnSettings {
+            header_read_timeout: self.inner.opts.header_read_timeout,
+            tls_handshake_timeout: self.inner.opts.tls_handshake_timeout,
+        };
+
+        // Remove listeners that are gone (or no longer servable).
+        let servable =
+            |p: ListenerProtocol| matches!(p, ListenerProtocol::Http | ListenerProtocol::Https);
+        let keep: HashMap<&str, ListenerProtocol> = snapshot
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.protocol))
+            .collect();
+        let removed: Vec<String> = ctl
+            .listeners
+            .keys()
+            .filter(|n| keep.get(n.as_str()).is_none_or(|p| !servable(*p)))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(l) = ctl.listeners.remove(&name) {
+                tracing::info!(listener = %name, "listener removed; draining");
+                let _ = l.stop.send(true);
+                ctl.draining.push(l);
+            }
+        }
+        ctl.draining
+            .retain(|l| l.connections.load(Ordering::Acquire) > 0);
+
+        for l in &snapshot.listeners {
+            let rt = compiled.listeners[&l.name].clone();
+            if !servable(l.protocol) {
+                report.listener_errors.insert(
+                    l.name.clone(),
+                    format!(
+                        "protocol {:?} is not served by the L7 proxy yet",
+                        l.protocol
+                    ),
+                );
+                continue;
+            }
+            if let Some(live) = ctl.listeners.get(&l.name) {
+                live.slot.store(rt);
+                continue;
+            }
+            let addr = SocketAddr::new(l.address, l.port);
+            let workers = self.inner.workers.lock().expect("workers lock").clone();
+            match server::bind(addr, workers.len()) {
+                Ok(sockets) => {
+                    let shared = ListenerShared::new(rt, self.inner.metrics.clone(), settings);
+                    for (w, s) in workers.iter().zip(sockets) {
+                        let _ = w.send(Command::Serve(shared.clone(), s));
+                    }
+                    tracing::info!(listener = %l.name, %addr, "listener bound");
+                    ctl.listeners.insert(l.name.clone(), shared);
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %l.name, %addr, error = %e, "cannot bind listener");
+                    report
+                        .listener_errors
+                        .insert(l.name.clone(), format!("cannot bind {addr}: {e}"));
+                }
+            }
+        }
+        ctl.endpoints = compiled.endpoints;
+        tracing::info!(
+            version = snapshot.version,
+            listeners = snapshot.listeners.len(),
+            clusters = snapshot.clusters.len(),
+            "snapshot applied"
+        );
+        self.inner.current.store(Arc::new(snapshot));
+        self.inner.ready.store(true, Ordering::Release);
+        report.applied = true;
+        report
+    }
+
+    /// The snapshot that is serving (empty before the first successful apply).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// True once a snapshot has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// The data plane's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Names of the listeners being served, sorted (for tools and tests).
+    pub async fn listeners(&self) -> Vec<String> {
+        let ctl = self.inner.control.lock().await;
+        let mut v: Vec<String> = ctl.listeners.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then stops the
+    /// workers (remaining connections are closed).
+    pub async fn shutdown(&self, grace: Duration) {
+        let mut guard = self.inner.control.lock().await;
+        let ctl = &mut *guard;
+        let all: Vec<Arc<ListenerShared>> = ctl
+            .listeners
+            .drain()
+            .map(|(_, l)| l)
+            .chain(ctl.draining.drain(..))
+            .collect();
+        for l in &all {
+            let _ = l.stop.send(true);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && all
+                .iter()
+                .any(|l| l.connections.load(Ordering::Acquire) > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.inner.workers.lock().expect("workers lock").clear();
+        let threads: Vec<_> = self
+            .inner
+            .threads
+            .lock()
+            .expect("threads lock")
+            .drain(..)
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.inner.ready.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,179 @@
+//! Snapshot -> runtime compilation, off the hot path: clusters (reusing endpoint state of the
+//! previous runtime), per-listener routers and TLS configurations. Any failure rejects the
+//! whole snapshot.
+
+use crate::filters::Filters;
+use crate::router::{Route, Router, compile_conditions, route_prefix};
+use crate::upstream::{BackendRt, Backends, ClusterRt, EndpointRt, PoolSettings};
+use sluice_ir::{HttpRoute, Listener, ListenerProtocol, Snapshot, ValidationError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A snapshot that passed validation but cannot be compiled (bad certificate, regex, header).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CompileError {
+    /// Path of the offending field, as in [`ValidationError::path`].
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl CompileError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        CompileError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CompileError> for ValidationError {
+    fn from(e: CompileError) -> Self {
+        ValidationError {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
+/// What one listener serves, compiled. Swapped whole on reload.
+#[derive(Debug)]
+pub(crate) struct ListenerRuntime {
+    pub(crate) name: Arc<str>,
+    pub(crate) port: u16,
+    pub(crate) protocol: ListenerProtocol,
+    pub(crate) router: Router,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A compiled snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Compiled {
+    pub(crate) listeners: HashMap<String, Arc<ListenerRuntime>>,
+    pub(crate) endpoints: HashMap<SocketAddr, Arc<EndpointRt>>,
+}
+
+fn compile_route(
+    path: &str,
+    r: &HttpRoute,
+    clusters: &HashMap<String, Arc<ClusterRt>>,
+) -> Result<Route, CompileError> {
+    let (method, headers, query) = compile_conditions(path, &r.matcher)?;
+    let filters = Filters::compile(&r.filters, path, clusters)?;
+    let mut backends = Vec::with_capacity(r.backends.len());
+    for (i, b) in r.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let cluster = match &b.cluster {
+            Some(c) => Some(
+                clusters
+                    .get(c)
+                    .ok_or_else(|| CompileError::new(&bpath, format!("unknown cluster {c:?}")))?
+                    .clone(),
+            ),
+            None => None,
+        };
+        let name: Arc<str> = match &cluster {
+            Some(c) => c.name.clone(),
+            None => "<invalid>".into(),
+        };
+        backends.push((
+            b.weight,
+            BackendRt {
+                cluster,
+                filters: Filters::compile(&b.filters, &bpath, clusters)?,
+                name,
+            },
+        ));
+    }
+    Ok(Route {
+        id: r.id.clone(),
+        name: r.id.to_string().into(),
+        path: r.matcher.path.clone(),
+        prefix: route_prefix(&r.matcher.path),
+        method,
+        headers,
+        query,
+        filters,
+        backends: Backends::new(backends),
+        timeouts: r.timeouts,
+        retry: r.retry.clone(),
+        grpc: r.grpc,
+    })
+}
+
+pub(crate) fn compile_listener(
+    l: &Listener,
+    clusters: &HashMap<String, Arc<ClusterRt>>,
+) -> Result<ListenerRuntime, CompileError> {
+    let path = format!("listeners[{}]", l.name);
+    let router = Router::compile(&path, &l.virtual_hosts, |p, r| {
+        compile_route(p, r, clusters)
+    })?;
+    let tls = match (&l.protocol, &l.tls) {
+        (ListenerProtocol::Https, Some(t)) => Some(crate::tls::server_config(&path, t)?),
+        _ => None,
+    };
+    Ok(ListenerRuntime {
+        name: l.name.as_str().into(),
+        port: l.port,
+        protocol: l.protocol,
+        router,
+        tls,
+    })
+}
+
+/// Compiles a validated snapshot. `previous` endpoint states are reused so that request
+/// counts carry over.
+pub(crate) fn compile(
+    s: &Snapshot,
+    previous: &HashMap<SocketAddr, Arc<EndpointRt>>,
+    pool: PoolSettings,
+) -> Result<Compiled, CompileError> {
+    let mut endpoints = HashMap::new();
+    let clusters: HashMap<String, Arc<ClusterRt>> = s
+        .clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                Arc::new(ClusterRt::compile(c, &mut endpoints, previous, pool)),
+            )
+        })
+        .collect();
+    let mut listeners = HashMap::new();
+    for l in &s.listeners {
+        listeners.insert(l.name.clone(), Arc::new(compile_listener(l, &clusters)?));
+    }
+    Ok(Compiled {
+        listeners,
+        endpoints,
+    })
+}
+
+impl Router {
+    /// Compiles the router of one listener of a snapshot (for benchmarks and tools; the proxy
+    /// compiles whole snapshots in [`crate::Proxy::apply`]).
+    pub fn from_snapshot(s: &Snapshot, listener: &str) -> Result<Router, CompileError> {
+        let l = s
+            .listener(listener)
+            .ok_or_else(|| CompileError::new("listeners", format!("no listener {listener:?}")))?;
+        let pool = PoolSettings {
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_idle: 0,
+        };
+        let c = compile(
+            &Snapshot {
+                listeners: vec![l.clone()],
+                ..s.clone()
+            },
+            &HashMap::new(),
+            pool,
+        )?;
+        let rt = c.listeners.into_values().next().expect("one listener");
+        Arc::try_unwrap(rt)
+            .map(|r| r.router)
+            .map_err(|_| CompileError::new("listeners", "router still shared"))
+    }
+}

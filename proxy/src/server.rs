@@ -1,0 +1,278 @@
+//! Workers and listeners. Each worker is a thread with a current-thread tokio runtime; every
+//! listener is bound once per worker with `SO_REUSEPORT`, so the kernel spreads connections and
+//! a connection lives on one thread from accept to close (no cross-thread wakeups, per-worker
+//! upstream pools). Connections are dispatched by the listener's protocol: cleartext HTTP
+//! (HTTP/1.1, or HTTP/2 when the client sends the prior-knowledge preface) and HTTPS (rustls,
+//! ALPN). TLS passthrough, TCP and UDP slot in as further arms of [`serve_conn`].
+
+use crate::compile::ListenerRuntime;
+use crate::metrics::Metrics;
+use crate::phases::{ConnCtx, handle};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use sluice_ir::ListenerProtocol;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// Connection-level settings from [`crate::ProxyOptions`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnSettings {
+    pub(crate) header_read_timeout: Option<Duration>,
+    pub(crate) tls_handshake_timeout: Duration,
+}
+
+/// A live listener, shared by its accept loops (one per worker) and its connections.
+#[derive(Debug)]
+pub(crate) struct ListenerShared {
+    pub(crate) name: Arc<str>,
+    /// What the listener serves now; swapped on reload, loaded once per connection/request.
+    pub(crate) slot: ArcSwap<ListenerRuntime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) latency: Histogram,
+    active: Gauge,
+    /// Open connections (all workers).
+    pub(crate) connections: AtomicUsize,
+    /// `true`: stop accepting and drain connections.
+    pub(crate) stop: watch::Sender<bool>,
+    settings: ConnSettings,
+}
+
+impl ListenerShared {
+    pub(crate) fn new(
+        rt: Arc<ListenerRuntime>,
+        metrics: Arc<Metrics>,
+        settings: ConnSettings,
+    ) -> Arc<Self> {
+        let name = rt.name.clone();
+        Arc::new(ListenerShared {
+            latency: metrics.latency(&name),
+            active: metrics.active(&name),
+            name,
+            slot: ArcSwap::new(rt),
+            metrics,
+            connections: AtomicUsize::new(0),
+            stop: watch::channel(false).0,
+            settings,
+        })
+    }
+}
+
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT` (one per worker).
+pub(crate) fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(4096)?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+/// A message to a worker.
+pub(crate) enum Command {
+    /// Accept on this socket for this listener.
+    Serve(Arc<ListenerShared>, std::net::TcpListener),
+}
+
+/// Starts a worker thread.
+pub(crate) fn spawn_worker(
+    index: usize,
+) -> std::io::Result<(mpsc::UnboundedSender<Command>, std::thread::JoinHandle<()>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+    let handle = std::thread::Builder::new()
+        .name(format!("sluice-worker-{index}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                while let Some(cmd) = rx.recv().await {
+                    match cmd {
+                        Command::Serve(shared, sock) => match tokio::net::TcpListener::from_std(sock)
+                        {
+                            Ok(l) => {
+                                tokio::spawn(accept_loop(shared, l));
+                            }
+                            Err(e) => {
+                                tracing::error!(listener = %shared.name, error = %e, "cannot register listener")
+                            }
+                        },
+                    }
+                }
+            });
+            // Dropping the runtime cancels every task of this worker.
+            drop(rt);
+        })?;
+    Ok((tx, handle))
+}
+
+async fn accept_loop(shared: Arc<ListenerShared>, listener: tokio::net::TcpListener) {
+    let mut stop = shared.stop.subscribe();
+    if *stop.borrow_and_update() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_conn(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %shared.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}
+
+struct ConnGuard(Arc<ListenerShared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.active.dec();
+    }
+}
+
+async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: SocketAddr) {
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    shared.active.inc();
+    let _guard = ConnGuard(shared.clone());
+    let _ = stream.set_nodelay(true);
+    let rt = shared.slot.load_full();
+    let tls = rt.tls.clone();
+    let protocol = rt.protocol;
+    drop(rt);
+    let ip = peer.ip().to_canonical();
+    let ctx = |tls: bool| {
+        Arc::new(ConnCtx {
+            listener: shared.clone(),
+            client_ip: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
+            client: peer,
+            tls,
+        })
+    };
+    match protocol {
+        ListenerProtocol::Http => {
+            let h2 = match sniff_h2(&stream).await {
+                Some(h2) => h2,
+                None => return,
+            };
+            serve_http(TokioIo::new(stream), h2, ctx(false)).await;
+        }
+        ListenerProtocol::Https => {
+            let Some(cfg) = tls else { return };
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let hs = tokio::time::timeout(
+                shared.settings.tls_handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await;
+            let tls_stream = match hs {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %shared.name, client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(TokioIo::new(tls_stream), h2, ctx(true)).await;
+        }
+        // TLS passthrough/terminate-to-TCP, TCP and UDP are served by their own forwarders;
+        // until then the connection is closed.
+        ListenerProtocol::Tls | ListenerProtocol::Tcp | ListenerProtocol::Udp => {}
+    }
+}
+
+/// Resolves once the listener is told to stop (never if its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `Some(true)` when the client starts with the HTTP/2 preface, `Some(false)` for anything
+/// else, `None` when it closed first. Peeks, so the bytes stay in the socket.
+async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    for _ in 0..1000 {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        // A partial preface: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Some(false)
+}
+
+async fn serve_http<I>(io: TokioIo<I>, h2: bool, ctx: Arc<ConnCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = ctx.listener.clone();
+    let mut stop = shared.stop.subscribe();
+    let svc = service_fn(move |req| handle(req, ctx.clone()));
+    if h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new());
+        b.header_read_timeout(shared.settings.header_read_timeout);
+        let conn = b.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}

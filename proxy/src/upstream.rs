@@ -1,0 +1,469 @@
+//! Upstreams: clusters and their endpoints, weighted backend choice, endpoint load balancing
+//! (P2C least-request, round robin, random), and per-worker connection pools (HTTP/1.1
+//! keep-alive, HTTP/2 cleartext multiplexed). Pools live in a thread-local of each worker and are
+//! keyed by endpoint address, so they survive configuration reloads untouched.
+
+use crate::body::{OnDone, ReqBody};
+use crate::error::{ErrorKind, HttpError, RetryType};
+use crate::filters::Filters;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sluice_ir::{LoadBalancer, UpstreamProtocol};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// A fast per-thread pseudo-random number (xorshift64*), for load balancing and sampling.
+pub(crate) fn rand_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let local = 0u8;
+            (t ^ (&local as *const u8 as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// One endpoint; shared by every cluster and snapshot that lists its address.
+#[derive(Debug)]
+pub(crate) struct EndpointRt {
+    pub(crate) addr: SocketAddr,
+    /// Requests in flight (all workers), for least-request balancing.
+    pub(crate) inflight: AtomicUsize,
+}
+
+/// A compiled [`sluice_ir::Cluster`].
+#[derive(Debug)]
+pub(crate) struct ClusterRt {
+    pub(crate) name: Arc<str>,
+    pub(crate) protocol: UpstreamProtocol,
+    lb: LoadBalancer,
+    endpoints: Box<[Arc<EndpointRt>]>,
+    /// Ready, non-terminating endpoints (indices into `endpoints`).
+    primary: Box<[u32]>,
+    /// Serving but terminating endpoints: used only when `primary` is empty.
+    fallback: Box<[u32]>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) pool: PoolSettings,
+    rr: AtomicUsize,
+    /// Upstream TLS is configured (not served yet: requests get 502).
+    pub(crate) tls: bool,
+}
+
+/// Pool limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolSettings {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_idle: usize,
+}
+
+impl ClusterRt {
+    pub(crate) fn compile(
+        c: &sluice_ir::Cluster,
+        endpoints: &mut HashMap<SocketAddr, Arc<EndpointRt>>,
+        previous: &HashMap<SocketAddr, Arc<EndpointRt>>,
+        pool: PoolSettings,
+    ) -> ClusterRt {
+        let mut eps = Vec::with_capacity(c.endpoints.len());
+        let mut primary = Vec::new();
+        let mut fallback = Vec::new();
+        for e in &c.endpoints {
+            let addr = SocketAddr::new(e.address, e.port);
+            let ep = endpoints
+                .entry(addr)
+                .or_insert_with(|| {
+                    previous.get(&addr).cloned().unwrap_or_else(|| {
+                        Arc::new(EndpointRt {
+                            addr,
+                            inflight: AtomicUsize::new(0),
+                        })
+                    })
+                })
+                .clone();
+            let idx = eps.len() as u32;
+            if e.ready && !e.terminating {
+                primary.push(idx);
+            } else if e.serving && e.terminating {
+                fallback.push(idx);
+            }
+            eps.push(ep);
+        }
+        ClusterRt {
+            name: c.name.as_str().into(),
+            protocol: c.protocol,
+            lb: c.load_balancer,
+            endpoints: eps.into(),
+            primary: primary.into(),
+            fallback: fallback.into(),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(5000)),
+            pool,
+            rr: AtomicUsize::new(0),
+            tls: c.tls.is_some(),
+        }
+    }
+
+    /// Chooses an endpoint, avoiding `avoid` when another one is available.
+    pub(crate) fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Arc<EndpointRt>> {
+        let set = if self.primary.is_empty() {
+            &self.fallback
+        } else {
+            &self.primary
+        };
+        let n = set.len();
+        let ep = |i: usize| &self.endpoints[set[i % n] as usize];
+        match n {
+            0 => None,
+            1 => Some(ep(0)),
+            _ => {
+                let chosen = match self.lb {
+                    LoadBalancer::RoundRobin => ep(self.rr.fetch_add(1, Ordering::Relaxed)),
+                    LoadBalancer::Random => ep(rand_u64() as usize % n),
+                    LoadBalancer::P2cLeastRequest => {
+                        let r = rand_u64();
+                        let a = (r as usize) % n;
+                        let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
+                        let (ea, eb) = (ep(a), ep(b));
+                        if eb.inflight.load(Ordering::Relaxed) < ea.inflight.load(Ordering::Relaxed)
+                        {
+                            eb
+                        } else {
+                            ea
+                        }
+                    }
+                };
+                match avoid {
+                    Some(a) if chosen.addr == a => {
+                        let i = set
+                            .iter()
+                            .position(|&i| self.endpoints[i as usize].addr == a);
+                        Some(ep(i.map_or(0, |i| i + 1)))
+                    }
+                    _ => Some(chosen),
+                }
+            }
+        }
+    }
+}
+
+/// One weighted backend of a route.
+#[derive(Debug)]
+pub(crate) struct BackendRt {
+    pub(crate) cluster: Option<Arc<ClusterRt>>,
+    pub(crate) filters: Filters,
+    /// Cluster name, or `<invalid>`, for metrics.
+    pub(crate) name: Arc<str>,
+}
+
+/// A route's weighted backends.
+#[derive(Debug, Default)]
+pub(crate) struct Backends {
+    list: Box<[BackendRt]>,
+    /// Running sum of weights, one per entry.
+    cumulative: Box<[u64]>,
+    total: u64,
+}
+
+impl Backends {
+    pub(crate) fn new(entries: Vec<(u32, BackendRt)>) -> Self {
+        let mut total = 0u64;
+        let mut cumulative = Vec::with_capacity(entries.len());
+        let mut list = Vec::with_capacity(entries.len());
+        for (w, b) in entries {
+            total += u64::from(w);
+            cumulative.push(total);
+            list.push(b);
+        }
+        Backends {
+            list: list.into(),
+            cumulative: cumulative.into(),
+            total,
+        }
+    }
+
+    /// A backend chosen by weight; `None` when there is none with weight > 0.
+    pub(crate) fn choose(&self) -> Option<&BackendRt> {
+        match self.total {
+            0 => None,
+            _ if self.list.len() == 1 => Some(&self.list[0]),
+            total => {
+                let r = rand_u64() % total;
+                let i = self.cumulative.partition_point(|&c| c <= r);
+                self.list.get(i)
+            }
+        }
+    }
+}
+
+type H1 = http1::SendRequest<ReqBody>;
+type H2 = http2::SendRequest<ReqBody>;
+
+struct Idle {
+    tx: H1,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1: HashMap<SocketAddr, Vec<Idle>>,
+    h2: HashMap<SocketAddr, H2>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+fn checkout_h1(addr: SocketAddr, idle_timeout: Duration) -> Option<H1> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.h1.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if !idle.tx.is_closed() && idle.since.elapsed() < idle_timeout {
+                return Some(idle.tx);
+            }
+        }
+        None
+    })
+}
+
+fn checkin_h1(addr: SocketAddr, tx: H1, max_idle: usize) {
+    if tx.is_closed() {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.h1.entry(addr).or_default();
+        if list.len() < max_idle {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Releases the endpoint's request count and returns the connection to the pool when the
+/// response was read to its end.
+struct Done {
+    ep: Arc<EndpointRt>,
+    conn: Option<(H1, usize)>,
+}
+
+impl OnDone for Done {
+    fn done(mut self: Box<Self>, complete: bool) {
+        if complete && let Some((tx, max)) = self.conn.take() {
+            checkin_h1(self.ep.addr, tx, max);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.ep.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connect_tcp(cluster: &ClusterRt, addr: SocketAddr) -> Result<TcpStream, HttpError> {
+    match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(HttpError::new(ErrorKind::ConnectTimeout)
+            .retry(RetryType::Safe)
+            .because(format!("connect to {addr} timed out"))),
+        Ok(Err(e)) => Err(HttpError::new(ErrorKind::ConnectFailed)
+            .retry(RetryType::Safe)
+            .because(format!("connect to {addr}: {e}"))),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+async fn connect_h1(
+    cluster: &ClusterRt,
+    addr: SocketAddr,
+    upgrades: bool,
+) -> Result<H1, HttpError> {
+    let stream = connect_tcp(cluster, addr).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            HttpError::new(ErrorKind::UpstreamProtocol)
+                .retry(RetryType::Safe)
+                .because(e)
+        })?;
+    if upgrades {
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+    } else {
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    Ok(tx)
+}
+
+async fn connect_h2(cluster: &ClusterRt, addr: SocketAddr) -> Result<H2, HttpError> {
+    let stream = connect_tcp(cluster, addr).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            HttpError::new(ErrorKind::UpstreamProtocol)
+                .retry(RetryType::Safe)
+                .because(e)
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(tx)
+}
+
+fn protocol_error(e: hyper::Error) -> HttpError {
+    let retry = if e.is_canceled() {
+        RetryType::Safe
+    } else {
+        RetryType::Policy
+    };
+    HttpError::new(ErrorKind::UpstreamProtocol)
+        .retry(retry)
+        .because(e)
+}
+
+/// An upstream response and what releases its connection.
+pub(crate) struct Sent {
+    pub(crate) response: Response<Incoming>,
+    pub(crate) done: Box<dyn OnDone>,
+}
+
+/// Sends one attempt to `ep`. On failure the request comes back when it was not consumed.
+/// `upgrade`: a dedicated HTTP/1.1 connection that carries a protocol upgrade.
+pub(crate) async fn send(
+    cluster: &ClusterRt,
+    ep: &Arc<EndpointRt>,
+    mut req: Request<ReqBody>,
+    upgrade: bool,
+) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
+    ep.inflight.fetch_add(1, Ordering::Relaxed);
+    let mut done = Done {
+        ep: ep.clone(),
+        conn: None,
+    };
+    let addr = ep.addr;
+    if cluster.tls {
+        return Err((
+            HttpError::new(ErrorKind::UpstreamProtocol)
+                .because("TLS to upstream endpoints is not supported yet"),
+            Some(req),
+        ));
+    }
+    match cluster.protocol {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+            for attempt in 0..2 {
+                let existing = POOL.with(|p| {
+                    let p = p.borrow();
+                    p.h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()
+                });
+                let mut tx = match existing {
+                    Some(tx) => tx,
+                    None => match connect_h2(cluster, addr).await {
+                        Ok(tx) => {
+                            POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
+                            tx
+                        }
+                        Err(e) => return Err((e, Some(req))),
+                    },
+                };
+                if tx.ready().await.is_err() {
+                    POOL.with(|p| p.borrow_mut().h2.remove(&addr));
+                    continue;
+                }
+                match tx.try_send_request(req).await {
+                    Ok(response) => {
+                        return Ok(Sent {
+                            response,
+                            done: Box::new(done),
+                        });
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if attempt == 0 => {
+                            POOL.with(|p| p.borrow_mut().h2.remove(&addr));
+                            req = r;
+                        }
+                        msg => return Err((protocol_error(e.into_error()), msg)),
+                    },
+                }
+            }
+            Err((
+                HttpError::new(ErrorKind::UpstreamProtocol)
+                    .retry(RetryType::Safe)
+                    .because(format!("HTTP/2 connection to {addr} not usable")),
+                Some(req),
+            ))
+        }
+        _ => {
+            // A pooled connection may turn out closed; the request then comes back unsent and
+            // goes out on a fresh connection.
+            for _ in 0..3 {
+                let pooled = if upgrade {
+                    None
+                } else {
+                    checkout_h1(addr, cluster.pool.idle_timeout)
+                };
+                let reused = pooled.is_some();
+                let mut tx = match pooled {
+                    Some(tx) => tx,
+                    None => match connect_h1(cluster, addr, upgrade).await {
+                        Ok(tx) => tx,
+                        Err(e) => return Err((e, Some(req))),
+                    },
+                };
+                if let Err(e) = tx.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    return Err((protocol_error(e), Some(req)));
+                }
+                match tx.try_send_request(req).await {
+                    Ok(response) => {
+                        if !upgrade {
+                            done.conn = Some((tx, cluster.pool.max_idle));
+                        }
+                        return Ok(Sent {
+                            response,
+                            done: Box::new(done),
+                        });
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if reused => req = r,
+                        msg => return Err((protocol_error(e.into_error()), msg)),
+                    },
+                }
+            }
+            Err((
+                HttpError::new(ErrorKind::UpstreamProtocol)
+                    .retry(RetryType::Safe)
+                    .because(format!("no usable connection to {addr}")),
+                Some(req),
+            ))
+        }
+    }
+}
