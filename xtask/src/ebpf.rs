@@ -90,9 +90,13 @@ fn ensure_toolchain(install: bool) -> Result<()> {
         if !install {
             bail!("rust-src is missing: rustup component add rust-src --toolchain nightly");
         }
-        run_cmd(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        )?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
