@@ -1,0 +1,308 @@
+//! `sluice standalone DIR`: the file provider, the translator and the proxy in one process.
+//!
+//! Loop: load the directory (changed files only; a bad file keeps its last good version) ->
+//! translate -> apply to the proxy when the snapshot changed -> fold the proxy's listener
+//! errors into the status -> publish the status on the admin API and log what turned bad.
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use sluice_controller::provider::file::{FileProvider, watch};
+use sluice_controller::{TranslateOptions, translate};
+use sluice_ir::status::{Condition, ConditionStatus, StatusReport, set_condition};
+use sluice_ir::{ObjectRef, Snapshot};
+use sluice_proxy::{ApplyReport, Proxy, ProxyOptions, admin};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `sluice standalone` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Directory of Kubernetes YAML manifests (searched recursively for *.yaml and *.yml).
+    pub dir: PathBuf,
+    /// Admin API address (/ready, /config_dump, /status, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Addresses for Gateways without spec.addresses; each Gateway gets a stable one. The default
+    /// shares 127.0.0.1 between all Gateways.
+    #[arg(long, default_value = "127.0.0.1/32")]
+    pub address_pool: IpNet,
+    /// Proxy worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Load the eBPF datapath (needs root and the kernel object from `cargo xtask ebpf`).
+    #[arg(long)]
+    pub ebpf: bool,
+    /// cgroup v2 directory the socket-level load balancer attaches to (with --ebpf).
+    #[arg(long, requires = "ebpf")]
+    pub cgroup: Option<PathBuf>,
+    /// Node interface for the tc load balancer (NodePort, external IPs) (with --ebpf).
+    #[arg(long, requires = "ebpf")]
+    pub iface: Option<String>,
+}
+
+/// How long the directory must be quiet before a reload, and the longest a reload waits.
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(15);
+const DEBOUNCE_MAX: Duration = Duration::from_millis(150);
+/// Retry period for listeners that could not bind.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Expands the pool into usable host addresses (at most 65,536).
+pub fn pool_addresses(pool: &IpNet) -> Vec<IpAddr> {
+    let hosts: Vec<IpAddr> = pool.hosts().take(65_536).collect();
+    if hosts.is_empty() {
+        vec![pool.addr()]
+    } else {
+        hosts
+    }
+}
+
+pub fn main(args: Args) -> Result<()> {
+    if args.ebpf {
+        anyhow::bail!(
+            "--ebpf: the eBPF datapath is not wired into standalone mode yet; run without --ebpf"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-control")
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args, shutdown_signal()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the standalone gateway until `shutdown` resolves.
+pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let dir = args.dir.clone();
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let options = TranslateOptions {
+        address_pool: pool_addresses(&args.address_pool),
+        ..Default::default()
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let proxy = Proxy::start(ProxyOptions {
+        workers,
+        ..Default::default()
+    })
+    .context("starting the proxy")?;
+    let admin_state = admin::AdminState::new(proxy.clone());
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding the admin API on {}", args.admin))?;
+    tokio::spawn(admin::serve_listener(admin_listener, admin_state.clone()));
+    tracing::info!(dir = %dir.display(), admin = %args.admin, pool = %args.address_pool, workers, "sluice standalone starting");
+
+    let mut changes = watch(&dir, DEBOUNCE_QUIET, DEBOUNCE_MAX)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let mut provider = FileProvider::new(&dir);
+    let mut pipeline = Pipeline::default();
+    tokio::pin!(shutdown);
+    loop {
+        let started = Instant::now();
+        let retry = pipeline
+            .reload(&mut provider, &options, &proxy, &admin_state)
+            .await;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload done"
+        );
+        let retry_in = if retry { BIND_RETRY } else { Duration::MAX };
+        tokio::select! {
+            changed = changes.recv() => {
+                if changed.is_none() {
+                    anyhow::bail!("the file watcher of {} stopped", dir.display());
+                }
+            }
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    admin_state
+        .not_ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    proxy.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// The state kept between reloads.
+#[derive(Default)]
+struct Pipeline {
+    applied: Option<Snapshot>,
+    version: u64,
+    listener_errors: BTreeMap<String, String>,
+    previous_status: StatusReport,
+}
+
+impl Pipeline {
+    /// One load-translate-apply round; returns true when some listener should be retried.
+    async fn reload(
+        &mut self,
+        provider: &mut FileProvider,
+        options: &TranslateOptions,
+        proxy: &Proxy,
+        admin_state: &admin::AdminState,
+    ) -> bool {
+        let resources = match provider.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the configuration directory; the last good configuration keeps serving");
+                return true;
+            }
+        };
+        let started = Instant::now();
+        let translation = translate(&resources, options);
+        let translate_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut snapshot = translation.snapshot;
+        let mut status = translation.status;
+
+        let retry_listeners = !self.listener_errors.is_empty();
+        if self.applied.as_ref() != Some(&snapshot) || retry_listeners {
+            self.version += 1;
+            snapshot.version = self.version;
+            let report: ApplyReport = proxy.apply(snapshot.clone()).await;
+            if report.applied {
+                tracing::info!(
+                    version = self.version,
+                    listeners = snapshot.listeners.len(),
+                    clusters = snapshot.clusters.len(),
+                    objects = resources.len(),
+                    translate_ms = format!("{translate_ms:.1}"),
+                    "configuration applied"
+                );
+                snapshot.version = 0;
+                self.applied = Some(snapshot);
+                self.listener_errors = report.listener_errors;
+            } else {
+                // A translator bug (it must never emit an invalid snapshot): keep serving the
+                // last good one and say exactly what was wrong.
+                for e in &report.validation_errors {
+                    tracing::error!(error = %e, "internal error: the translated configuration is invalid; the last good configuration keeps serving");
+                }
+            }
+        }
+        if let Some(applied) = &self.applied {
+            mark_listener_errors(&mut status, applied, &self.listener_errors);
+        }
+        log_status_changes(&self.previous_status, &status);
+        admin_state.status.store(Arc::new(status.clone()));
+        self.previous_status = status;
+        !self.listener_errors.is_empty()
+    }
+}
+
+/// Sets `Programmed=False` on every Gateway listener merged into an IR listener that could not
+/// bind, and on the Gateway when none of its listeners is programmed.
+fn mark_listener_errors(
+    status: &mut StatusReport,
+    snapshot: &Snapshot,
+    errors: &BTreeMap<String, String>,
+) {
+    let mut failed: BTreeMap<ObjectRef, BTreeMap<String, String>> = BTreeMap::new();
+    for (name, reason) in errors {
+        let Some(l) = snapshot.listener(name) else {
+            continue;
+        };
+        for src in &l.sources {
+            failed
+                .entry(src.parent.clone())
+                .or_default()
+                .insert(src.listener.clone(), reason.clone());
+        }
+    }
+    for (parent, listeners) in failed {
+        let Some(rs) = status.get_mut(&parent.kind, &parent.namespace, &parent.name) else {
+            continue;
+        };
+        let generation = rs.generation;
+        for ls in rs.listeners.iter_mut() {
+            if let Some(reason) = listeners.get(&ls.name) {
+                set_condition(
+                    &mut ls.conditions,
+                    Condition::new(
+                        "Programmed",
+                        false,
+                        "Pending",
+                        format!("{reason}; retrying every {}s", BIND_RETRY.as_secs()),
+                        generation,
+                    ),
+                );
+            }
+        }
+        let names: BTreeSet<&String> = listeners.keys().collect();
+        if rs.listeners.iter().all(|l| names.contains(&l.name)) {
+            let list: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            set_condition(
+                &mut rs.conditions,
+                Condition::new(
+                    "Programmed",
+                    false,
+                    "Pending",
+                    format!("no listener could be bound: {}", list.join(", ")),
+                    generation,
+                ),
+            );
+        }
+    }
+}
+
+/// True when a condition reports a problem: `Conflicted` is bad when True, every other
+/// Gateway API condition when False.
+fn is_problem(c: &Condition) -> bool {
+    match c.type_.as_str() {
+        "Conflicted" => c.status == ConditionStatus::True,
+        _ => c.status == ConditionStatus::False,
+    }
+}
+
+/// Logs every condition that turned into a problem (and load errors that are new), once.
+fn log_status_changes(previous: &StatusReport, current: &StatusReport) {
+    for e in &current.errors {
+        if !previous.errors.contains(e) {
+            tracing::warn!(error = %e, "configuration error");
+        }
+    }
+    for r in &current.resources {
+        let before = previous.get(&r.object.kind, &r.object.namespace, &r.object.name);
+        let report = |scope: String, c: &Condition, old: Option<&Condition>| {
+            let changed = old.is_none_or(|o| o.status != c.status || o.reason != c.reason);
+            if is_problem(c) && changed {
+                let source = r.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                tracing::warn!(object = %r.object, %scope, condition = %c.type_, status = %c.status, reason = %c.reason, %source, "{}", c.message);
+            }
+        };
+        for c in &r.conditions {
+            let old = before.and_then(|b| b.condition(&c.type_));
+            report(String::new(), c, old);
+        }
+        for l in &r.listeners {
+            let old_l = before.and_then(|b| b.listeners.iter().find(|x| x.name == l.name));
+            for c in &l.conditions {
+                let old = old_l.and_then(|o| o.conditions.iter().find(|x| x.type_ == c.type_));
+                report(format!("listener {}", l.name), c, old);
+            }
+        }
+        for p in &r.parents {
+            let old_p =
+                before.and_then(|b| b.parents.iter().find(|x| x.parent_ref == p.parent_ref));
+            for c in &p.conditions {
+                let old = old_p.and_then(|o| o.conditions.iter().find(|x| x.type_ == c.type_));
+                report(format!("parent {}", p.parent_ref.name), c, old);
+            }
+        }
+    }
+}
