@@ -108,12 +108,12 @@ pub fn main(args: Args) -> Result<()> {
         for (addr, pod, namespace) in endpoints {
             let cfg = sluice_conformance::echo::EchoConfig::http(addr, &pod, &namespace);
             // Bind errors surface right away: the gateway would only answer 502 otherwise.
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("example backend {pod} cannot listen on {addr}"))?;
-            drop(listener);
+            let running = sluice_conformance::echo::start(cfg)
+                .await
+                .with_context(|| format!("example backend {pod} on {addr}"))?;
             tracing::info!(%pod, %addr, "example backend listening");
             tokio::spawn(async move {
-                if let Err(e) = sluice_conformance::echo::serve(cfg).await {
+                if let Err(e) = running.wait().await {
                     tracing::error!(%pod, error = %e, "example backend stopped");
                 }
             });
