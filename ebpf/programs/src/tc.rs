@@ -20,9 +20,10 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_fib_lookup,
     },
-    helpers::bpf_fib_lookup as fib_lookup,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -265,30 +266,73 @@ fn lookup_service(p: &Pkt) -> Option<ServiceValue> {
     }
 }
 
-/// True when the backend is reached through the interface the packet came in on: its
-/// replies would bypass this node, so the flow needs SNAT.
+/// `BPF_FIB_LOOKUP_SRC` (kernel 6.8+): also select the source address for the route.
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+
+/// When the backend is reached through the interface the packet came in on, its replies
+/// would bypass this node, so the flow needs SNAT: returns the source address to use (the
+/// route's preferred source, 0 when the kernel cannot tell). `None`: no SNAT needed.
 #[inline(always)]
-fn hairpin(ctx: &TcContext, p: &Pkt, backend: u32) -> bool {
-    // SAFETY: zero is a valid bpf_fib_lookup.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+fn hairpin(ctx: &TcContext, p: &Pkt, backend: u32) -> Option<u32> {
     // SAFETY: reading the skb's ingress interface.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    params.family = AF_INET;
-    params.l4_protocol = p.proto;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = p.saddr;
-    params.__bindgen_anon_4.ipv4_dst = backend;
-    // SAFETY: params is a valid, fully sized bpf_fib_lookup.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    let rc = rc as u32;
-    (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && params.ifindex == ifindex
+    let mut flags = FIB_LOOKUP_SRC;
+    let mut tries = 0;
+    while tries < 2 {
+        // SAFETY: zero is a valid bpf_fib_lookup.
+        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = p.proto;
+        params.ifindex = ifindex;
+        params.__bindgen_anon_3.ipv4_src = p.saddr;
+        params.__bindgen_anon_4.ipv4_dst = backend;
+        // SAFETY: params is a valid, fully sized bpf_fib_lookup.
+        let rc = unsafe {
+            fib_lookup(
+                ctx.as_ptr(),
+                &mut params,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                flags,
+            )
+        };
+        if rc < 0 {
+            // Older kernel without BPF_FIB_LOOKUP_SRC: ask again without it.
+            flags = 0;
+            tries += 1;
+            continue;
+        }
+        let rc = rc as u32;
+        if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+            && params.ifindex == ifindex
+        {
+            let src = if flags != 0 {
+                // SAFETY: the kernel filled the IPv4 variant.
+                unsafe { params.__bindgen_anon_3.ipv4_src }
+            } else {
+                0
+            };
+            return Some(src);
+        }
+        return None;
+    }
+    None
+}
+
+/// Sends a hairpinned (SNATed) packet back out of the interface it came in on. Its source is
+/// now a node address, which the stack's input path would drop as martian; the neighbour
+/// subsystem fills in the link-layer header.
+#[inline(always)]
+fn hairpin_out(ctx: &TcContext) -> i32 {
+    // SAFETY: reading the skb's ingress interface.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: no neighbour parameters (the helper looks the next hop up itself).
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc == TC_ACT_REDIRECT as i64 {
+        TC_ACT_REDIRECT as i32
+    } else {
+        count(Counter::TcErrors);
+        SHOT
+    }
 }
 
 #[inline(always)]
@@ -315,7 +359,8 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
             r.client_addr,
             r.client_port,
         )?;
-        return Ok(OK);
+        // Only SNATed flows have reply entries keyed by what arrives here.
+        return Ok(hairpin_out(ctx));
     }
 
     // 2. A known flow, as long as its backend still exists.
@@ -331,6 +376,9 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
                 (p.saddr, p.sport)
             };
             translate(ctx, &p, sa, sp, f.backend_addr, f.backend_port)?;
+            if f.snat_addr != 0 {
+                return Ok(hairpin_out(ctx));
+            }
             return Ok(OK);
         }
     }
@@ -374,7 +422,12 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Err(SHOT);
     };
 
-    let snat = svc.flags & SVC_LOCAL_ONLY == 0 && hairpin(ctx, &p, be.addr);
+    let route_src = if svc.flags & SVC_LOCAL_ONLY == 0 {
+        hairpin(ctx, &p, be.addr)
+    } else {
+        None
+    };
+    let snat = route_src.is_some();
     let reply = CtReply {
         frontend_addr: p.daddr,
         client_addr: p.saddr,
@@ -393,10 +446,12 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let (mut snat_addr, mut snat_port) = (0u32, 0u16);
     if snat {
         let cfg = config().ok_or(SHOT)?;
-        snat_addr = if cfg.snat_addr != 0 {
-            cfg.snat_addr
-        } else {
-            p.daddr
+        // Configured address, else the route's source towards the backend, else (NodePort)
+        // the node address the client used.
+        snat_addr = match route_src {
+            _ if cfg.snat_addr != 0 => cfg.snat_addr,
+            Some(src) if src != 0 => src,
+            _ => p.daddr,
         };
         let min = cfg.snat_port_min as u32;
         let span = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
@@ -451,6 +506,9 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
     ev.nat_port = be.port;
     ev.backend_id = backend_id;
     emit(&ev);
+    if snat {
+        return Ok(hairpin_out(ctx));
+    }
     Ok(OK)
 }
 
@@ -542,7 +600,8 @@ fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<i32, i32> {
     if p.saddr == idaddr {
         set_addr(ctx, p, IP_SADDR, p.saddr, r.frontend_addr)?;
     }
-    if p.daddr == isaddr {
+    let hairpinned = p.daddr == isaddr && isaddr != r.client_addr;
+    if hairpinned {
         set_addr(ctx, p, IP_DADDR, p.daddr, r.client_addr)?;
     }
     emit(&FlowEvent {
@@ -558,5 +617,9 @@ fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<i32, i32> {
         nat_port: idport,
         ..FlowEvent::default()
     });
+    if hairpinned {
+        // An error about an SNATed flow: its new source is a node address (see hairpin_out).
+        return Ok(hairpin_out(ctx));
+    }
     Ok(OK)
 }
