@@ -19,6 +19,9 @@ pub struct Args {
     /// Admin API address.
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// Addresses for the Gateways (see `sluice standalone --address-pool`).
+    #[arg(long, default_value = "127.0.0.1/32")]
+    pub address_pool: ipnet::IpNet,
 }
 
 /// The built-in copy of examples/quickstart.
@@ -34,6 +37,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     (
         "backends.yaml",
         include_str!("../../examples/quickstart/backends.yaml"),
+    ),
+    (
+        "curl.txt",
+        include_str!("../../examples/quickstart/curl.txt"),
     ),
 ];
 
@@ -121,7 +128,7 @@ pub fn main(args: Args) -> Result<()> {
         let sargs = standalone::Args {
             dir: dir.clone(),
             admin: args.admin,
-            address_pool: "127.0.0.1/32".parse().expect("literal CIDR"),
+            address_pool: args.address_pool,
             workers: Some(1),
             ebpf: false,
             cgroup: None,
@@ -149,29 +156,16 @@ pub fn main(args: Args) -> Result<()> {
 
 fn print_instructions(dir: &Path, admin: SocketAddr) {
     println!(
-        "
-Sluice is serving {dir} on 127.0.0.1:8080 (edit the files: changes apply live).
-
-  # 90% web-v1, 10% web-v2 (the \"pod\" field says which):
-  curl -s -H 'Host: www.example.com' http://127.0.0.1:8080/
-  for i in $(seq 50); do curl -s -H 'Host: www.example.com' http://127.0.0.1:8080/ | grep '\"pod\"'; done | sort | uniq -c
-
-  # header-matched canary: api-v2 with x-canary: true, else api-v1 (see x-api-version):
-  curl -si -H 'Host: www.example.com' -H 'x-canary: true' http://127.0.0.1:8080/api/users
-  curl -si -H 'Host: www.example.com' http://127.0.0.1:8080/api/users
-
-  # HTTP/2 (prior knowledge) on the same port:
-  curl -s --http2-prior-knowledge -H 'Host: www.example.com' http://127.0.0.1:8080/
-
-  # no route for this host: 404
-  curl -si -H 'Host: nope.example.com' http://127.0.0.1:8080/
-
-  # admin API: status of every object, the running configuration, metrics
-  curl -s http://{admin}/status
-  curl -s http://{admin}/config_dump
-  curl -s http://{admin}/metrics
-
-Press Ctrl-C to stop.",
-        dir = dir.display()
+        "\nSluice is serving {} (edit the files: changes apply live).\n",
+        dir.display()
     );
+    match std::fs::read_to_string(dir.join("curl.txt")) {
+        Ok(text) => {
+            for line in text.lines() {
+                println!("  {}", line.replace("ADMIN", &admin.to_string()));
+            }
+        }
+        Err(_) => println!("  curl -s http://{admin}/status"),
+    }
+    println!("\nPress Ctrl-C to stop.");
 }
