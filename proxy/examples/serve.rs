@@ -8,8 +8,7 @@ use std::time::Duration;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let mut args = std::env::args().skip(1);
@@ -19,15 +18,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--workers" => opts.workers = args.next().ok_or("--workers N")?.parse()?,
+            "--header-timeout-ms" => {
+                let ms: u64 = args.next().ok_or("--header-timeout-ms MS")?.parse()?;
+                opts.header_read_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             "--admin" => admin_addr = Some(args.next().ok_or("--admin ADDR")?.parse()?),
             "-h" | "--help" => {
-                println!("serve SNAPSHOT.json [--workers N] [--admin ADDR]");
+                println!(
+                    "serve SNAPSHOT.json [--workers N] [--admin ADDR] [--header-timeout-ms MS]"
+                );
                 return Ok(());
             }
             f => file = Some(f.to_string()),
         }
     }
-    let file = file.ok_or("usage: serve SNAPSHOT.json [--workers N] [--admin ADDR]")?;
+    let file = file.ok_or(
+        "usage: serve SNAPSHOT.json [--workers N] [--admin ADDR] [--header-timeout-ms MS]",
+    )?;
     let snapshot: sluice_ir::Snapshot = serde_json::from_slice(&std::fs::read(&file)?)?;
     // The control plane needs little: one thread.
     let rt = tokio::runtime::Builder::new_current_thread()
