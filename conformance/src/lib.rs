@@ -5,7 +5,346 @@
 
 pub mod cases;
 pub mod certs;
+pub mod checks;
 pub mod client;
 pub mod cluster;
 pub mod echo;
 pub mod expect;
+pub mod gateway;
+pub mod report;
+pub mod runner;
+
+use anyhow::Context as _;
+use cases::{CasesFile, Claims};
+use cluster::{Cluster, ClusterOptions, ObjKey};
+use gateway::Gateway;
+use report::{ConformanceReport, Outcome, TestResult};
+use runner::{Env, Timing};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Options of a conformance run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where to write the ConformanceReport YAML (`None`: not written).
+    pub report: Option<PathBuf>,
+    /// Run only these tests (upstream ShortNames); empty: all.
+    pub only: Vec<String>,
+    /// The shared suite data (`cases.yaml`, `upstream/`); default `../shared/conformance`.
+    pub shared_dir: PathBuf,
+    /// The `sluice` binary to run as `sluice standalone`; default `$SLUICE_BIN` or this
+    /// executable.
+    pub sluice_bin: PathBuf,
+    /// Tests that must pass (one name per line, `#` comments); a failure of one of them makes
+    /// [`Summary::ok`] false. Default `conformance/expected-pass.txt`.
+    pub expected_pass: Option<PathBuf>,
+    /// Claimed features; default `conformance/features.yaml`.
+    pub features: PathBuf,
+    /// Scratch directory (the standalone config dir lives below it); default a fresh temporary
+    /// directory.
+    pub work_dir: Option<PathBuf>,
+    /// Admin API address given to the gateway (default 127.0.0.1:19901).
+    pub admin: SocketAddr,
+    /// `--address-pool` given to the gateway (default 127.0.10.0/24).
+    pub address_pool: String,
+    /// Extra arguments for `sluice standalone`.
+    pub gateway_args: Vec<String>,
+    /// Do not spawn a gateway: one is already serving `admin` and watching
+    /// `<work_dir>/config`.
+    pub external_gateway: bool,
+    /// Timing knobs.
+    pub timing: Timing,
+    /// Print a progress line per test (default true).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        let sluice_bin = std::env::var_os("SLUICE_BIN")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("sluice"));
+        RunOptions {
+            report: None,
+            only: Vec::new(),
+            shared_dir: PathBuf::from("../shared/conformance"),
+            sluice_bin,
+            expected_pass: Some(PathBuf::from("conformance/expected-pass.txt")),
+            features: PathBuf::from("conformance/features.yaml"),
+            work_dir: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 19901)),
+            address_pool: "127.0.10.0/24".into(),
+            gateway_args: Vec::new(),
+            external_gateway: false,
+            timing: Timing::default(),
+            progress: true,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Every test's outcome, suite order.
+    pub results: Vec<TestResult>,
+    /// The report.
+    pub report: ConformanceReport,
+    /// Tests listed in expected-pass that did not pass (with their outcome).
+    pub regressions: Vec<(String, String)>,
+}
+
+impl Summary {
+    /// False when a test listed in expected-pass did not pass: CI must fail.
+    pub fn ok(&self) -> bool {
+        self.regressions.is_empty()
+    }
+
+    /// Outcome of a test by name.
+    pub fn outcome(&self, name: &str) -> Option<&Outcome> {
+        self.results
+            .iter()
+            .find(|r| r.test.name == name)
+            .map(|r| &r.outcome)
+    }
+}
+
+fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Names of the status objects of a layer the gateway reports (for the "dropped" wait).
+fn reported_kinds(k: &ObjKey) -> bool {
+    matches!(
+        k.kind.as_str(),
+        "Gateway"
+            | "HTTPRoute"
+            | "GRPCRoute"
+            | "TLSRoute"
+            | "TCPRoute"
+            | "UDPRoute"
+            | "BackendTLSPolicy"
+    )
+}
+
+async fn wait_dropped(env: &Env, keys: &[ObjKey]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + env.timing.max_time;
+    loop {
+        let report = env.gateway.lock().await.status().await?;
+        let left: Vec<&ObjKey> = keys
+            .iter()
+            .filter(|k| reported_kinds(k) && report.get(&k.kind, &k.namespace, &k.name).is_some())
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the gateway still reports {} after its manifest was removed",
+                left[0]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn test_manifests(shared: &Path, t: &cases::TestCase) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for m in &t.manifests {
+        out.extend(cluster::read_manifest(&shared.join("upstream").join(m))?);
+    }
+    Ok(out)
+}
+
+/// Runs the suite (or the `only` tests) and returns the summary; writes the report when asked.
+pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let suite = CasesFile::load(&opts.shared_dir.join("cases.yaml"))?;
+    let claims = Claims::load(&opts.features)?;
+    let expected = match &opts.expected_pass {
+        Some(p) if p.exists() => read_list(p)?,
+        _ => Vec::new(),
+    };
+    for name in opts.only.iter().chain(&expected) {
+        anyhow::ensure!(
+            suite.tests.iter().any(|t| &t.name == name),
+            "unknown test {name} (not in cases.yaml)"
+        );
+    }
+
+    let tmp;
+    let work = match &opts.work_dir {
+        Some(w) => w.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("sluice-conformance-{}", std::process::id()));
+            tmp
+        }
+    };
+    let dir = work.join("config");
+    if !opts.external_gateway && dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let certs = certs::generate()?;
+    let mut cluster = Cluster::new(ClusterOptions {
+        dir: dir.clone(),
+        scratch: work.join("pods"),
+        gateway_class: "sluice".into(),
+        usable_addresses: vec![("IPAddress".into(), "127.0.11.1".into())],
+        unusable_addresses: vec![("IPAddress".into(), "198.51.100.1".into())],
+        pod_net: 1,
+    })?;
+    let mut base = vec![json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "sluice"},
+        "spec": {"controllerName": cluster::CONTROLLER_NAME},
+    })];
+    base.extend(cluster::read_manifest(
+        &opts.shared_dir.join("upstream/base/manifests.yaml"),
+    )?);
+    base.extend(certs.objects.clone());
+    cluster.apply_layer("00-base", base).await?;
+
+    let gateway = if opts.external_gateway {
+        Gateway::external(opts.admin)
+    } else {
+        Gateway::spawn(
+            &opts.sluice_bin,
+            &dir,
+            opts.admin,
+            &opts.address_pool,
+            &opts.gateway_args,
+            &work.join("gateway.log"),
+        )?
+    };
+    let env = Env::new(cluster, gateway, certs, opts.timing.clone(), claims.clone());
+    let ns_args: serde_yaml::Value = serde_yaml::to_value(json!({"namespaces": [
+        "gateway-conformance-infra", "gateway-conformance-app-backend", "gateway-conformance-web-backend"
+    ]}))?;
+    let base_ready = env.wait_check("NamespacesMustBeReady", &ns_args).await;
+    if opts.progress {
+        match &base_ready {
+            Ok(()) => println!(
+                "base manifests ready in {:.1}s (gateway log: {})",
+                started.elapsed().as_secs_f64(),
+                work.join("gateway.log").display()
+            ),
+            Err(e) => println!("base manifests NOT ready: {e}"),
+        }
+    }
+
+    let mut results = Vec::new();
+    for test in &suite.tests {
+        let t0 = Instant::now();
+        let outcome = if !opts.only.is_empty() && !opts.only.contains(&test.name) {
+            Outcome::Skipped("not selected (--only)".into())
+        } else if test.profiles.is_empty() {
+            Outcome::NotSupported("in no conformance profile".into())
+        } else if let Some(f) = claims.missing_feature(test) {
+            Outcome::NotSupported(format!("feature {f} not claimed"))
+        } else if let Some(why) = claims.skip_tests.get(&test.name) {
+            Outcome::Skipped(why.clone())
+        } else if let Err(e) = &base_ready {
+            Outcome::Failed(format!("base manifests not ready: {e}"))
+        } else {
+            let layer = "50-test";
+            let applied = match test_manifests(&opts.shared_dir, test) {
+                Ok(objs) => env.cluster.lock().await.apply_layer(layer, objs).await,
+                Err(e) => Err(e),
+            };
+            let outcome = match applied {
+                Ok(()) => runner::run_test(&env, test).await,
+                Err(e) => Outcome::Failed(format!("applying manifests: {e:#}")),
+            };
+            let keys = {
+                let mut c = env.cluster.lock().await;
+                let keys = c.layer_keys(layer);
+                c.remove_layer(layer)?;
+                keys
+            };
+            match wait_dropped(&env, &keys).await {
+                Ok(()) => outcome,
+                Err(e) if outcome == Outcome::Passed => Outcome::Failed(format!("cleanup: {e:#}")),
+                Err(_) => outcome,
+            }
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        if opts.progress
+            && !matches!(outcome, Outcome::NotSupported(_))
+            && !(matches!(&outcome, Outcome::Skipped(w) if w.starts_with("not selected")))
+        {
+            println!("{:<60} {:<5} {:>6.1}s", test.name, outcome.label(), seconds);
+            match &outcome {
+                Outcome::Failed(why) | Outcome::Skipped(why) => println!("    {why}"),
+                _ => {}
+            }
+        }
+        results.push(TestResult {
+            test: test.clone(),
+            outcome,
+            seconds,
+        });
+    }
+
+    let report = report::build(
+        &results,
+        &cases::profiles(),
+        &claims,
+        env!("CARGO_PKG_VERSION"),
+    );
+    if let Some(path) = &opts.report {
+        std::fs::write(path, serde_yaml::to_string(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let regressions: Vec<(String, String)> = expected
+        .iter()
+        .filter_map(|name| {
+            let r = results.iter().find(|r| &r.test.name == name)?;
+            match &r.outcome {
+                Outcome::Passed => None,
+                Outcome::Skipped(w) if w.starts_with("not selected") => None,
+                o => Some((
+                    name.clone(),
+                    format!(
+                        "{}: {}",
+                        o.label(),
+                        match o {
+                            Outcome::Failed(w) | Outcome::Skipped(w) | Outcome::NotSupported(w) =>
+                                w.as_str(),
+                            Outcome::Passed => "",
+                        }
+                    ),
+                )),
+            }
+        })
+        .collect();
+    if opts.progress {
+        print!("{}", report::summary_table(&report, &results));
+        let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
+        println!(
+            "conformance run took {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "conformance: {} passed, {} failed, {} skipped",
+            count(|o| *o == Outcome::Passed),
+            count(|o| matches!(o, Outcome::Failed(_))),
+            count(|o| matches!(o, Outcome::Skipped(w) if !w.starts_with("not selected"))),
+        );
+        for (name, why) in &regressions {
+            println!("REGRESSION: {name} is in expected-pass.txt but did not pass ({why})");
+        }
+    }
+    Ok(Summary {
+        results,
+        report,
+        regressions,
+    })
+}
