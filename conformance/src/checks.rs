@@ -396,6 +396,10 @@ fn s<'v>(args: &'v Value, k: &str) -> Result<&'v str, String> {
         .ok_or_else(|| format!("argument {k} missing"))
 }
 
+fn str_of<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
+    v.get(k).and_then(Value::as_str)
+}
+
 fn strs(args: &Value, k: &str) -> Vec<String> {
     args.get(k)
         .and_then(Value::as_sequence)
@@ -595,6 +599,89 @@ pub fn evaluate(name: &str, args: &Value, view: View<'_>, st: &mut CheckState) -
             let r = view.resource(&k)?;
             for p in &r.parents {
                 view.latest(&k, &p.conditions)?;
+            }
+            Ok(())
+        }
+        "HTTPRouteMustHaveParents" | "TCPRouteMustHaveParents" | "UDPRouteMustHaveParents" => {
+            let rk = key(route_kind(name), s(args, "routeName")?);
+            let namespace_required = args
+                .get("namespaceRequired")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let r = view.resource(&rk)?;
+            for p in &r.parents {
+                view.latest(&rk, &p.conditions)?;
+            }
+            for want in args
+                .get("parents")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let pr = want.get("parentRef").ok_or("parent without parentRef")?;
+                let (group, kind, wns, wname) = if str_of(pr, "call") == Some("parentRefTo") {
+                    let target = pr
+                        .get("args")
+                        .and_then(|a| a.get(0))
+                        .and_then(Value::as_str)
+                        .ok_or("parentRefTo without argument")?;
+                    let (ns, n) = nn(target);
+                    (
+                        "gateway.networking.k8s.io".to_string(),
+                        "Gateway".to_string(),
+                        Some(ns),
+                        n,
+                    )
+                } else {
+                    (
+                        str_of(pr, "group")
+                            .unwrap_or("gateway.networking.k8s.io")
+                            .to_string(),
+                        str_of(pr, "kind").unwrap_or("Gateway").to_string(),
+                        str_of(pr, "namespace").map(str::to_string),
+                        str_of(pr, "name").unwrap_or_default().to_string(),
+                    )
+                };
+                let controller = str_of(want, "controllerName").unwrap_or(CONTROLLER_NAME);
+                let wconds: Vec<WantCondition> = want
+                    .get("conditions")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(WantCondition::from_yaml)
+                    .collect();
+                let found = r.parents.iter().any(|p| {
+                    p.controller_name == controller
+                        && p.parent_ref
+                            .group
+                            .as_deref()
+                            .unwrap_or("gateway.networking.k8s.io")
+                            == group
+                        && p.parent_ref.kind.as_deref().unwrap_or("Gateway") == kind
+                        && p.parent_ref.name == wname
+                        && (p.parent_ref.namespace == wns
+                            || (p.parent_ref.namespace.is_none() && !namespace_required))
+                        && wconds.iter().all(|c| has_condition(&p.conditions, c))
+                });
+                if !found {
+                    return Err(format!(
+                        "{rk} has no parent {kind} {wname} with [{}]; parents: {}",
+                        wconds
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        r.parents
+                            .iter()
+                            .map(|p| format!(
+                                "{}: [{}]",
+                                p.parent_ref.name,
+                                fmt_conds(&p.conditions)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
             }
             Ok(())
         }

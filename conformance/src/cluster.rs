@@ -354,6 +354,21 @@ impl Cluster {
         Ok(g)
     }
 
+    /// Deletes an object (as `kubectl delete`) and rewrites its layer file.
+    pub fn delete(&mut self, key: &ObjKey) -> anyhow::Result<()> {
+        let layer = self
+            .layers
+            .iter()
+            .find(|(_, objs)| objs.iter().any(|v| ObjKey::of(v).as_ref() == Some(key)))
+            .map(|(l, _)| l.clone())
+            .with_context(|| format!("{key} is not applied"))?;
+        if let Some(objs) = self.layers.get_mut(&layer) {
+            objs.retain(|v| ObjKey::of(v).as_ref() != Some(key));
+        }
+        self.generations.remove(key);
+        self.write_layer(&layer)
+    }
+
     fn write_file(&self, name: &str, docs: &[Value]) -> anyhow::Result<()> {
         let mut text = String::new();
         for d in docs {
