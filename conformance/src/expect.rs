@@ -529,3 +529,257 @@ pub fn compare_round_trip(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(status: u16, body: serde_json::Value, headers: &[(&str, &str)]) -> HttpResponse {
+        let mut h: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.push(("content-type".into(), "application/json".into()));
+        HttpResponse {
+            status,
+            protocol: "HTTP/1.1".into(),
+            headers: h,
+            body: bytes::Bytes::from(body.to_string()),
+            client_cert_requested: false,
+        }
+    }
+
+    fn seen(path: &str, headers: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "path": path, "host": "example.com", "method": "GET", "proto": "HTTP/1.1",
+            "headers": headers, "namespace": "ns", "pod": "infra-backend-v1-abc-def",
+            "httpPort": "3000",
+        })
+    }
+
+    fn case(yaml: &str) -> HttpCase {
+        serde_yaml::from_str(yaml).expect("case yaml")
+    }
+
+    fn check(c: &HttpCase, r: &HttpResponse) -> Result<(), String> {
+        compare_round_trip(c, r, "http", "10.0.0.1")
+    }
+
+    const BASE: &str = "{request: {path: /a}, backend: infra-backend-v1, namespace: ns}";
+
+    #[test]
+    fn status_code() {
+        let c = case(BASE);
+        assert!(check(&c, &echo(200, seen("/a", serde_json::json!({})), &[])).is_ok());
+        let e = check(&c, &echo(404, serde_json::json!({}), &[])).unwrap_err();
+        assert!(e.contains("got 404"), "{e}");
+        let t = case("{request: {path: /a}, response: {statusCodes: [504]}}");
+        assert!(
+            check(&t, &echo(408, serde_json::json!({}), &[])).is_ok(),
+            "timeouts are interchangeable"
+        );
+    }
+
+    #[test]
+    fn path_namespace_and_backend() {
+        let c = case(BASE);
+        assert!(
+            check(&c, &echo(200, seen("/b", serde_json::json!({})), &[]))
+                .unwrap_err()
+                .contains("path")
+        );
+        let mut wrong_ns = seen("/a", serde_json::json!({}));
+        wrong_ns["namespace"] = "other".into();
+        assert!(
+            check(&c, &echo(200, wrong_ns, &[]))
+                .unwrap_err()
+                .contains("namespace")
+        );
+        let mut wrong_pod = seen("/a", serde_json::json!({}));
+        wrong_pod["pod"] = "infra-backend-v2-abc-def".into();
+        assert!(
+            check(&c, &echo(200, wrong_pod, &[]))
+                .unwrap_err()
+                .contains("pod name")
+        );
+    }
+
+    #[test]
+    fn expected_request_headers_and_absent_headers() {
+        let c = case(
+            "{request: {path: /a}, expectedRequest: {path: /a, headers: {X-Header-Add: 'v1,v2'}, absentHeaders: [X-Gone]}, namespace: ns}",
+        );
+        let good = seen("/a", serde_json::json!({"X-Header-Add": ["v1", "v2"]}));
+        assert!(check(&c, &echo(200, good, &[])).is_ok());
+        let missing = seen("/a", serde_json::json!({"Other": ["x"]}));
+        assert!(
+            check(&c, &echo(200, missing, &[]))
+                .unwrap_err()
+                .contains("X-Header-Add header to be set")
+        );
+        let wrong = seen("/a", serde_json::json!({"X-Header-Add": ["v1"]}));
+        assert!(
+            check(&c, &echo(200, wrong, &[]))
+                .unwrap_err()
+                .contains("got v1")
+        );
+        let present = seen(
+            "/a",
+            serde_json::json!({"X-Header-Add": ["v1", "v2"], "X-Gone": ["x"]}),
+        );
+        assert!(
+            check(&c, &echo(200, present, &[]))
+                .unwrap_err()
+                .contains("X-Gone")
+        );
+    }
+
+    #[test]
+    fn rewritten_host_and_method() {
+        let c = case(
+            "{request: {path: /a, method: POST}, expectedRequest: {path: /a, host: example.com, method: POST}, namespace: ns}",
+        );
+        let mut s = seen("/a", serde_json::json!({}));
+        s["method"] = "POST".into();
+        assert!(check(&c, &echo(200, s.clone(), &[])).is_ok());
+        s["host"] = "other.com".into();
+        assert!(
+            check(&c, &echo(200, s.clone(), &[]))
+                .unwrap_err()
+                .contains("host")
+        );
+        s["host"] = "example.com".into();
+        s["method"] = "GET".into();
+        assert!(
+            check(&c, &echo(200, s, &[]))
+                .unwrap_err()
+                .contains("method")
+        );
+    }
+
+    #[test]
+    fn response_headers_valid_values_and_absent() {
+        let c = case(
+            "{request: {path: /a}, response: {headers: {X-Set: 'a,b'}, validHeaderValues: {X-One: [p, q]}, absentHeaders: [X-No]}, namespace: ns}",
+        );
+        let s = seen("/a", serde_json::json!({}));
+        assert!(
+            check(
+                &c,
+                &echo(
+                    200,
+                    s.clone(),
+                    &[("x-set", "a"), ("x-set", "b"), ("x-one", "q")]
+                )
+            )
+            .is_ok()
+        );
+        assert!(
+            check(&c, &echo(200, s.clone(), &[("x-set", "a"), ("x-one", "q")]))
+                .unwrap_err()
+                .contains("X-Set")
+        );
+        assert!(
+            check(
+                &c,
+                &echo(200, s.clone(), &[("x-set", "a,b"), ("x-one", "r")])
+            )
+            .unwrap_err()
+            .contains("one of")
+        );
+        assert!(
+            check(
+                &c,
+                &echo(200, s, &[("x-set", "a,b"), ("x-one", "p"), ("x-no", "1")])
+            )
+            .unwrap_err()
+            .contains("X-No")
+        );
+    }
+
+    #[test]
+    fn ignore_whitespace() {
+        let c = case(
+            "{request: {path: /a}, response: {headers: {M: 'GET, OPTIONS'}, ignoreWhitespace: true}, namespace: ns}",
+        );
+        let s = seen("/a", serde_json::json!({}));
+        assert!(check(&c, &echo(200, s.clone(), &[("m", "GET,OPTIONS")])).is_ok());
+        assert!(check(&c, &echo(200, s, &[("m", "GET")])).is_err());
+    }
+
+    #[test]
+    fn redirects() {
+        let c = case(
+            "{request: {path: /r, host: a.com}, response: {statusCodes: [302]}, redirect: {host: b.com, port: '8443', scheme: https, path: /x}}",
+        );
+        let ok = |loc: &str| HttpResponse {
+            status: 302,
+            headers: vec![("location".into(), loc.into())],
+            ..Default::default()
+        };
+        assert!(check(&c, &ok("https://b.com:8443/x")).is_ok());
+        assert!(
+            check(&c, &ok("https://c.com:8443/x"))
+                .unwrap_err()
+                .contains("hostname")
+        );
+        assert!(
+            check(&c, &ok("https://b.com:443/x"))
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(
+            check(&c, &ok("http://b.com:8443/x"))
+                .unwrap_err()
+                .contains("scheme")
+        );
+        assert!(
+            check(&c, &ok("https://b.com:8443/y"))
+                .unwrap_err()
+                .contains("path")
+        );
+        let d =
+            case("{request: {path: /r}, response: {statusCodes: [301]}, redirect: {host: b.com}}");
+        let r = HttpResponse {
+            status: 301,
+            headers: vec![("location".into(), "http://b.com/r".into())],
+            ..Default::default()
+        };
+        assert!(
+            check(&d, &r).is_ok(),
+            "scheme and path default to the request's, port 80 may be omitted"
+        );
+        let bad = HttpResponse {
+            status: 301,
+            headers: vec![("location".into(), "http://b.com:81/r".into())],
+            ..Default::default()
+        };
+        assert!(check(&d, &bad).unwrap_err().contains("80 or not set"));
+    }
+
+    #[test]
+    fn non_json_responses_only_carry_the_method() {
+        let c = case(
+            "{request: {path: /a, method: OPTIONS}, expectedRequest: {path: '', method: OPTIONS}, response: {statusCodes: [200, 204]}}",
+        );
+        let r = HttpResponse {
+            status: 204,
+            ..Default::default()
+        };
+        assert!(check(&c, &r).is_ok());
+    }
+
+    #[test]
+    fn relative_locations_resolve_against_the_request() {
+        assert_eq!(
+            resolve_location("/p%20q", "http", "1.2.3.4:8080", "/x/y"),
+            RedirectTarget {
+                scheme: "http".into(),
+                host: "1.2.3.4".into(),
+                port: "8080".into(),
+                path: "/p q".into()
+            }
+        );
+        assert_eq!(resolve_location("z", "https", "h", "/x/y").path, "/x/z");
+    }
+}

@@ -205,9 +205,10 @@ pub async fn start(cfg: EchoConfig) -> anyhow::Result<RunningEcho> {
     };
     match cfg.mode {
         EchoMode::Http => {
-            let state = http::HttpState::new(ctx.clone(), cfg.listen.port(), cfg.log.clone());
             let l = bind_tcp(cfg.listen).await?;
+            let port = l.local_addr()?.port();
             bound.push(l.local_addr()?);
+            let state = http::HttpState::new(ctx.clone(), port, cfg.log.clone());
             tasks.spawn(http::serve_http1(l, state.clone()));
             if let Some(a) = cfg.h2c_listen {
                 let l = bind_tcp(a).await?;
