@@ -5,11 +5,12 @@
 //! sudo target/debug/examples/datapath --snapshot ebpf/loader/examples/snapshot.json \
 //!     [--cgroup /sys/fs/cgroup/unified/sluice] [--iface eth0] [--netns /var/run/netns/node] \
 //!     [--pin-dir /sys/fs/bpf/sluice] [--local-cidr 10.0.1.0/24] [--maglev-table-size 16381] \
-//!     [--proxy ADDR=LISTEN] [--seconds N] [--keep]
+//!     [--proxy ADDR=LISTEN] [--seconds N] [--keep] [--quiet]
 //! ```
 //! `--proxy 127.0.0.1:15001=127.0.0.1:15001` binds a TCP listener at LISTEN and registers it
 //! for ADDR (an L7 redirect or listener address). Without `--keep`, everything is detached on
-//! exit; with it, programs and maps stay pinned for the next run to adopt.
+//! exit; with it, programs and maps stay pinned for the next run to adopt. `--quiet` counts
+//! flow events without printing them.
 
 use anyhow::{Context, Result, bail};
 use sluice_ebpf_loader::{Datapath, DatapathOptions, FlowMetrics};
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
     let mut snapshot: Option<PathBuf> = None;
     let mut seconds: Option<u64> = None;
     let mut keep = false;
+    let mut quiet = false;
     let mut proxies: Vec<(SocketAddr, SocketAddr)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -50,6 +52,7 @@ fn main() -> Result<()> {
             }
             "--seconds" => seconds = Some(val()?.parse()?),
             "--keep" => keep = true,
+            "--quiet" => quiet = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -79,6 +82,9 @@ fn main() -> Result<()> {
     while !stop(&start) {
         events.read(Duration::from_millis(200), |r| {
             metrics.observe(&r);
+            if quiet {
+                return;
+            }
             println!(
                 "{:<18} {:<10} {:<4} {} -> {} => {} {}",
                 r.kind.as_str(),

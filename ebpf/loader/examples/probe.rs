@@ -298,6 +298,7 @@ fn connect_bench(a: &mut Args) -> Result<()> {
         let ok = (|| -> std::io::Result<()> {
             let c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
             c.set_nodelay(true)?;
+            abortive_close(&c)?;
             c.set_read_timeout(Some(Duration::from_secs(2)))?;
             let mut w = c.try_clone()?;
             w.write_all(b"hello\n")?;
@@ -313,6 +314,31 @@ fn connect_bench(a: &mut Args) -> Result<()> {
     let total = start.elapsed();
     report("connect", &mut lat, total);
     println!("errors={errors}");
+    Ok(())
+}
+
+/// SO_LINGER 0: close() resets the connection, so a connect benchmark leaves no TIME_WAIT
+/// sockets behind to exhaust the ephemeral ports.
+fn abortive_close(c: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a linger struct of the advertised size.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 

@@ -1341,3 +1341,41 @@ fn missing_prog(name: &'static str) -> LoaderError {
         source: Box::new(ProgramError::NotLoaded),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary keeps the datapath in async tasks and threads.
+    #[test]
+    fn datapath_handles_are_send() {
+        fn send<T: Send>() {}
+        send::<Datapath>();
+        send::<FlowEvents>();
+        send::<FlowMetrics>();
+    }
+
+    #[test]
+    fn missing_object_says_how_to_build_it() {
+        let err = Datapath::load(DatapathOptions {
+            object: PathBuf::from("/nonexistent/sluice.bpf.o"),
+            ..DatapathOptions::default()
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/sluice.bpf.o"), "{msg}");
+        assert!(msg.contains("cargo xtask ebpf"), "{msg}");
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let o = DatapathOptions::default();
+        assert!(maglev::is_prime(o.maglev_table_size));
+        assert!(
+            o.object.ends_with("target/bpf/sluice.bpf.o")
+                || std::env::var_os("SLUICE_EBPF_OBJECT").is_some()
+        );
+        assert_eq!(o.pin_dir, PathBuf::from("/sys/fs/bpf/sluice"));
+        assert!(o.snat_ports.0 <= o.snat_ports.1);
+    }
+}

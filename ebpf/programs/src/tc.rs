@@ -15,6 +15,10 @@
 //!   checksums, so the client's socket sees the error against the frontend it used. Other
 //!   ICMP (echo) is passed to the stack.
 //! - A frontend without backends drops the packet (counted and reported).
+//! - Conntrack entries live in LRU maps and age out under pressure; a TCP RST removes its
+//!   flow's entries, and a SYN replaces whatever an earlier connection left for its tuple
+//!   (also the reverse entry of a direct connection to a backend, which would otherwise
+//!   rewrite that connection's replies).
 
 use aya_ebpf::{
     EbpfContext,
@@ -147,6 +151,50 @@ fn parse(ctx: &TcContext) -> Result<Option<Pkt>, i32> {
         sport: 0,
         dport: 0,
     }))
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// TCP flags of a packet with an L4 header (0 otherwise).
+#[inline(always)]
+fn tcp_flags(ctx: &TcContext, p: &Pkt) -> u8 {
+    if p.proto != PROTO_TCP || !p.has_l4() {
+        return 0;
+    }
+    ctx.load::<u8>(p.l4 + 13).unwrap_or(0)
+}
+
+/// The reply-direction key of a forward conntrack entry.
+#[inline(always)]
+fn reply_key(fwd: &CtKey, f: &CtForward) -> CtKey {
+    let (daddr, dport) = if f.snat_addr != 0 {
+        (f.snat_addr, f.snat_port)
+    } else {
+        (fwd.saddr, fwd.sport)
+    };
+    CtKey {
+        saddr: f.backend_addr,
+        daddr,
+        sport: f.backend_port,
+        dport,
+        proto: fwd.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The forward-direction key of a reply conntrack entry.
+#[inline(always)]
+fn forward_key(r: &CtReply, proto: u8) -> CtKey {
+    CtKey {
+        saddr: r.client_addr,
+        daddr: r.frontend_addr,
+        sport: r.client_port,
+        dport: r.frontend_port,
+        proto,
+        pad: [0; 3],
+    }
 }
 
 /// Fills in the ports: from the L4 header (remembering them for the later fragments of a
@@ -347,10 +395,19 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     }
     ports(ctx, &mut p)?;
+    let flags = tcp_flags(ctx, &p);
+    // A SYN opens a new connection: whatever conntrack holds for its tuple is left over from
+    // an earlier one (conntrack entries otherwise only age out of the LRU maps).
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let rst = flags & TCP_RST != 0;
 
     // 1. A reply to a flow this node SNATed.
     // SAFETY: read-only copies of map values.
     if let Some(r) = unsafe { CT_REV.get(&p.key()) }.copied() {
+        if rst {
+            let _ = CT_FWD.remove(&forward_key(&r, p.proto));
+            let _ = CT_REV.remove(&p.key());
+        }
         translate(
             ctx,
             &p,
@@ -369,7 +426,14 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if let Some(f) = unsafe { CT_FWD.get(&fwd) }.copied() {
         let alive = matches!(unsafe { BACKENDS.get(&f.backend_id) },
             Some(b) if b.addr == f.backend_addr && b.port == f.backend_port);
-        if alive {
+        if syn || !alive {
+            let _ = CT_FWD.remove(&fwd);
+            let _ = CT_REV.remove(&reply_key(&fwd, &f));
+        } else {
+            if rst {
+                let _ = CT_FWD.remove(&fwd);
+                let _ = CT_REV.remove(&reply_key(&fwd, &f));
+            }
             let (sa, sp) = if f.snat_addr != 0 {
                 (f.snat_addr, f.snat_port)
             } else {
@@ -385,6 +449,19 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, i32> {
 
     // 3. A new flow to a frontend.
     let Some(svc) = lookup_service(&p) else {
+        if syn {
+            // A new connection straight to an address behind this node: a reverse entry for
+            // its tuple is stale and would rewrite its replies.
+            let stale = CtKey {
+                saddr: p.daddr,
+                daddr: p.saddr,
+                sport: p.dport,
+                dport: p.sport,
+                proto: p.proto,
+                pad: [0; 3],
+            };
+            let _ = CT_REV.remove(&stale);
+        }
         return Ok(OK);
     };
     if svc.flags & SVC_L7_REDIRECT != 0 {
@@ -530,6 +607,10 @@ fn try_tc_egress(ctx: &TcContext) -> Result<i32, i32> {
         && r.client_addr == p.daddr
         && r.client_port == p.dport
     {
+        if tcp_flags(ctx, &p) & TCP_RST != 0 {
+            let _ = CT_FWD.remove(&forward_key(&r, p.proto));
+            let _ = CT_REV.remove(&p.key());
+        }
         set_addr(ctx, &p, IP_SADDR, p.saddr, r.frontend_addr)?;
         set_port(ctx, &p, 0, p.sport, r.frontend_port)?;
     }
