@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
             "--report" => opts.report = args.next().map(Into::into),
             "--only" => opts.only.extend(args.next()),
             "--work-dir" => opts.work_dir = args.next().map(Into::into),
+            "--features" => opts.features = args.next().map(Into::into).unwrap_or(opts.features),
             other => opts.only.push(other.to_string()),
         }
     }

@@ -45,10 +45,11 @@ pub struct RunOptions {
     /// Scratch directory (the standalone config dir lives below it); default a fresh temporary
     /// directory.
     pub work_dir: Option<PathBuf>,
-    /// Admin API address given to the gateway (default 127.0.0.1:19901).
-    pub admin: SocketAddr,
-    /// `--address-pool` given to the gateway (default 127.0.10.0/24).
-    pub address_pool: String,
+    /// Admin API address given to the gateway; `None`: `127.N.0.1:19901` where `127.N.0.0/16`
+    /// is the first loopback network no other run is using.
+    pub admin: Option<SocketAddr>,
+    /// `--address-pool` given to the gateway; `None`: `127.N.250.0/24`.
+    pub address_pool: Option<String>,
     /// Extra arguments for `sluice standalone`.
     pub gateway_args: Vec<String>,
     /// Do not spawn a gateway: one is already serving `admin` and watching
@@ -74,8 +75,8 @@ impl Default for RunOptions {
             expected_pass: Some(PathBuf::from("conformance/expected-pass.txt")),
             features: PathBuf::from("conformance/features.yaml"),
             work_dir: None,
-            admin: SocketAddr::from(([127, 0, 0, 1], 19901)),
-            address_pool: "127.0.10.0/24".into(),
+            admin: None,
+            address_pool: None,
             gateway_args: Vec::new(),
             external_gateway: false,
             timing: Timing::default(),
@@ -118,6 +119,22 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
         .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
         .filter(|l| !l.is_empty())
         .collect())
+}
+
+/// The first `127.N.0.0/16` (N in 1..=60) whose pod, admin and gateway addresses are free, so
+/// concurrent runs on one machine do not collide.
+fn pick_loopback_net() -> anyhow::Result<u8> {
+    use std::net::{Ipv4Addr, TcpListener};
+    for n in 1..=60u8 {
+        let free = |ip: Ipv4Addr, port: u16| TcpListener::bind((ip, port)).is_ok();
+        if free(Ipv4Addr::new(127, n, 0, 2), 3000)
+            && free(Ipv4Addr::new(127, n, 0, 1), 19901)
+            && free(Ipv4Addr::new(127, n, 250, 1), 80)
+        {
+            return Ok(n);
+        }
+    }
+    anyhow::bail!("no free loopback network 127.N.0.0/16 for the conformance run")
 }
 
 /// Tests whose upstream `Test` function is another test's (same steps, other manifests).
@@ -197,14 +214,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     if !opts.external_gateway && dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
+    let net = pick_loopback_net()?;
+    let admin = opts
+        .admin
+        .unwrap_or(SocketAddr::from(([127, net, 0, 1], 19901)));
+    let pool = opts
+        .address_pool
+        .clone()
+        .unwrap_or(format!("127.{net}.250.0/24"));
     let certs = certs::generate()?;
     let mut cluster = Cluster::new(ClusterOptions {
         dir: dir.clone(),
         scratch: work.join("pods"),
         gateway_class: "sluice".into(),
-        usable_addresses: vec![("IPAddress".into(), "127.0.11.1".into())],
+        usable_addresses: vec![("IPAddress".into(), format!("127.{net}.250.254"))],
         unusable_addresses: vec![("IPAddress".into(), "198.51.100.1".into())],
-        pod_net: 1,
+        pod_net: net,
     })?;
     let mut base = vec![json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -219,13 +244,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     cluster.apply_layer("00-base", base).await?;
 
     let gateway = if opts.external_gateway {
-        Gateway::external(opts.admin)
+        Gateway::external(admin)
     } else {
         Gateway::spawn(
             &opts.sluice_bin,
             &dir,
-            opts.admin,
-            &opts.address_pool,
+            admin,
+            &pool,
             &opts.gateway_args,
             &work.join("gateway.log"),
         )?

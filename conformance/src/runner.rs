@@ -518,6 +518,12 @@ impl<'a> TestRun<'a> {
                 serde_yaml::from_value(c).map_err(|e| StepError::Unsupported(format!("case: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        if cases
+            .iter()
+            .any(|c| c.mirrored_to.iter().any(|m| m.percent.is_some()))
+        {
+            return unsupported("percentage mirror distribution check is not implemented");
+        }
         let this: &TestRun<'_> = self;
         let futs = cases.into_iter().enumerate().map(|(i, mut case)| {
             let tls = tls.clone();

@@ -196,7 +196,7 @@ async fn header_modifier_case_fails_against_a_gateway_that_ignores_filters() {
         expected_pass: None,
         features: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("features.yaml"),
         work_dir: Some(work.path().to_path_buf()),
-        admin: admin_addr,
+        admin: Some(admin_addr),
         external_gateway: true,
         timing: Timing {
             max_time: Duration::from_secs(3),
