@@ -16,6 +16,8 @@ mod body;
 mod compile;
 pub mod error;
 mod filters;
+mod fxhash;
+mod h1client;
 pub mod metrics;
 mod phases;
 pub mod router;
@@ -25,10 +27,11 @@ pub mod test_util;
 mod tls;
 mod upstream;
 
-pub use body::ProxyBody;
+pub use body::{ProxyBody, UpstreamBody};
 pub use compile::CompileError;
 pub use error::{ErrorKind, ErrorSource, HttpError, ProxyError, RetryType};
 pub use filters::modify_path;
+pub use h1client::H1Body;
 
 use crate::compile::compile;
 use crate::metrics::Metrics;

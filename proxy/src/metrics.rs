@@ -4,6 +4,7 @@
 //! and label set, then cached in a thread-local map, so the hot path is one hash of pointers and
 //! one atomic add.
 
+use crate::fxhash::FxHashMap as HashMap;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,7 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Labels of `sluice_http_requests_total`.
@@ -74,7 +74,7 @@ impl Default for Metrics {
 type CacheKey = (usize, usize, usize, u16);
 
 thread_local! {
-    static COUNTERS: RefCell<HashMap<CacheKey, (Counter, RequestLabels)>> = RefCell::new(HashMap::new());
+    static COUNTERS: RefCell<HashMap<CacheKey, (Counter, RequestLabels)>> = RefCell::new(HashMap::default());
 }
 
 impl Metrics {

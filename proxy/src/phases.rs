@@ -271,6 +271,19 @@ fn apply_request_filters(f: &Filters, route: &Route, head: &mut http::request::P
 /// `Proxy-Connection`, `TE` (except `trailers`), `Trailer`, `Transfer-Encoding`, `Upgrade`.
 /// With `upgrade`, `Connection: upgrade` and `Upgrade` are kept.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // One pass over the (few) names is cheaper than a hash lookup per hop-by-hop name.
+    let any = h.keys().any(|n| {
+        n == header::CONNECTION
+            || n == header::TE
+            || n == header::TRAILER
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -504,7 +517,7 @@ async fn proxy<'a, P: HttpPhases>(
             .map_err(|_| HttpError::new(ErrorKind::RequestTimeout))??,
         None => attempts.await?,
     };
-    let Sent { mut response, done } = sent;
+    let Sent { mut response } = sent;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(down) = downstream_upgrade
     {
@@ -517,10 +530,8 @@ async fn proxy<'a, P: HttpPhases>(
             }
         });
     }
-    let (rhead, rbody) = response.into_parts();
-    let mut resp = Response::from_parts(rhead, ProxyBody::upstream(rbody, Some(done)));
-    phases.response_filter(ctx, route, backend, &mut resp);
-    Ok(resp)
+    phases.response_filter(ctx, route, backend, &mut response);
+    Ok(response)
 }
 
 /// Origin-form URI and a `Host` header for HTTP/1.1 upstreams; absolute URI for HTTP/2.
@@ -660,8 +671,8 @@ async fn mirror(cluster: Arc<ClusterRt>, req: Request<ReqBody>) {
         return;
     };
     match send(&cluster, &ep, req, false).await {
-        Ok(Sent { response, done }) => {
-            let mut body = ProxyBody::upstream(response.into_body(), Some(done));
+        Ok(Sent { response }) => {
+            let mut body = response.into_body();
             while let Some(Ok(_)) = body.frame().await {}
         }
         Err((e, _)) => tracing::debug!(cluster = %cluster.name, error = %e, "mirror failed"),

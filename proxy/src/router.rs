@@ -6,13 +6,13 @@
 
 use crate::compile::CompileError;
 use crate::filters::Filters;
+use crate::fxhash::FxHashMap as HashMap;
 use crate::upstream::Backends;
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
 use sluice_ir::{HttpMatch, PathMatch, RetryPolicy, RouteId, StringMatch, Timeouts, VirtualHost};
 use smallvec::SmallVec;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A string condition, compiled.
@@ -196,7 +196,7 @@ impl VHost {
         let mut v = VHost {
             hostname: vh.hostname.as_str().into(),
             routes: Vec::with_capacity(vh.routes.len()),
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             trie: vec![TrieNode::default()],
             regex: None,
         };

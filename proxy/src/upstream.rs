@@ -3,9 +3,11 @@
 //! keep-alive, HTTP/2 cleartext multiplexed). Pools live in a thread-local of each worker and are
 //! keyed by endpoint address, so they survive configuration reloads untouched.
 
-use crate::body::{OnDone, ReqBody};
+use crate::body::{OnDone, ProxyBody, ReqBody};
 use crate::error::{ErrorKind, HttpError, RetryType};
 use crate::filters::Filters;
+use crate::fxhash::FxHashMap;
+use crate::h1client::{self, H1Conn};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -214,62 +216,75 @@ type H1 = http1::SendRequest<ReqBody>;
 type H2 = http2::SendRequest<ReqBody>;
 
 struct Idle {
-    tx: H1,
-    since: Instant,
+    conn: H1Conn,
+    /// When it went idle, in coarse milliseconds of this worker's clock.
+    since_ms: u64,
+}
+
+/// A coarse per-worker clock in milliseconds: one `clock_gettime` per 64 reads.
+fn coarse_ms() -> u64 {
+    thread_local! {
+        static C: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+        static EPOCH: Instant = Instant::now();
+    }
+    C.with(|c| {
+        let (n, ms) = c.get();
+        if n % 64 == 0 {
+            let now = EPOCH.with(|e| e.elapsed().as_millis() as u64);
+            c.set((n.wrapping_add(1), now));
+            now
+        } else {
+            c.set((n.wrapping_add(1), ms));
+            ms
+        }
+    })
 }
 
 #[derive(Default)]
 struct Pool {
-    h1: HashMap<SocketAddr, Vec<Idle>>,
-    h2: HashMap<SocketAddr, H2>,
+    h1: FxHashMap<SocketAddr, Vec<Idle>>,
+    h2: FxHashMap<SocketAddr, H2>,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-fn checkout_h1(addr: SocketAddr, idle_timeout: Duration) -> Option<H1> {
+fn checkout_h1(addr: SocketAddr, idle_timeout: Duration) -> Option<H1Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.h1.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if !idle.tx.is_closed() && idle.since.elapsed() < idle_timeout {
-                return Some(idle.tx);
+            let idle_ms = coarse_ms().saturating_sub(idle.since_ms);
+            if idle_ms < idle_timeout.as_millis() as u64 && idle.conn.is_reusable() {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-fn checkin_h1(addr: SocketAddr, tx: H1, max_idle: usize) {
-    if tx.is_closed() {
-        return;
-    }
+/// Returns an idle HTTP/1.1 connection to this worker's pool.
+pub(crate) fn checkin_h1(addr: SocketAddr, conn: H1Conn, max_idle: usize) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.h1.entry(addr).or_default();
         if list.len() < max_idle {
             list.push(Idle {
-                tx,
-                since: Instant::now(),
+                conn,
+                since_ms: coarse_ms(),
             });
         }
     });
 }
 
-/// Releases the endpoint's request count and returns the connection to the pool when the
-/// response was read to its end.
+/// Releases the endpoint's request count when the response is finished.
 struct Done {
     ep: Arc<EndpointRt>,
-    conn: Option<(H1, usize)>,
 }
 
 impl OnDone for Done {
-    fn done(mut self: Box<Self>, complete: bool) {
-        if complete && let Some((tx, max)) = self.conn.take() {
-            checkin_h1(self.ep.addr, tx, max);
-        }
-    }
+    fn done(self: Box<Self>, _complete: bool) {}
 }
 
 impl Drop for Done {
@@ -293,11 +308,7 @@ async fn connect_tcp(cluster: &ClusterRt, addr: SocketAddr) -> Result<TcpStream,
     }
 }
 
-async fn connect_h1(
-    cluster: &ClusterRt,
-    addr: SocketAddr,
-    upgrades: bool,
-) -> Result<H1, HttpError> {
+async fn connect_upgrade(cluster: &ClusterRt, addr: SocketAddr) -> Result<H1, HttpError> {
     let stream = connect_tcp(cluster, addr).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -307,15 +318,9 @@ async fn connect_h1(
                 .retry(RetryType::Safe)
                 .because(e)
         })?;
-    if upgrades {
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-    } else {
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
     Ok(tx)
 }
 
@@ -348,10 +353,15 @@ fn protocol_error(e: hyper::Error) -> HttpError {
         .because(e)
 }
 
-/// An upstream response and what releases its connection.
+/// An upstream response; its body releases the connection and the endpoint's request count.
 pub(crate) struct Sent {
-    pub(crate) response: Response<Incoming>,
-    pub(crate) done: Box<dyn OnDone>,
+    pub(crate) response: Response<ProxyBody>,
+}
+
+fn hyper_response(r: Response<Incoming>, done: Done) -> Sent {
+    Sent {
+        response: r.map(|b| ProxyBody::upstream(b, Some(Box::new(done)))),
+    }
 }
 
 /// Sends one attempt to `ep`. On failure the request comes back when it was not consumed.
@@ -363,10 +373,7 @@ pub(crate) async fn send(
     upgrade: bool,
 ) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
     ep.inflight.fetch_add(1, Ordering::Relaxed);
-    let mut done = Done {
-        ep: ep.clone(),
-        conn: None,
-    };
+    let done = Done { ep: ep.clone() };
     let addr = ep.addr;
     if cluster.tls {
         return Err((
@@ -397,12 +404,7 @@ pub(crate) async fn send(
                     continue;
                 }
                 match tx.try_send_request(req).await {
-                    Ok(response) => {
-                        return Ok(Sent {
-                            response,
-                            done: Box::new(done),
-                        });
-                    }
+                    Ok(response) => return Ok(hyper_response(response, done)),
                     Err(mut e) => match e.take_message() {
                         Some(r) if attempt == 0 => {
                             POOL.with(|p| p.borrow_mut().h2.remove(&addr));
@@ -419,51 +421,79 @@ pub(crate) async fn send(
                 Some(req),
             ))
         }
-        _ => {
-            // A pooled connection may turn out closed; the request then comes back unsent and
-            // goes out on a fresh connection.
-            for _ in 0..3 {
-                let pooled = if upgrade {
-                    None
-                } else {
-                    checkout_h1(addr, cluster.pool.idle_timeout)
-                };
-                let reused = pooled.is_some();
-                let mut tx = match pooled {
-                    Some(tx) => tx,
-                    None => match connect_h1(cluster, addr, upgrade).await {
-                        Ok(tx) => tx,
-                        Err(e) => return Err((e, Some(req))),
-                    },
-                };
-                if let Err(e) = tx.ready().await {
-                    if reused {
-                        continue;
-                    }
-                    return Err((protocol_error(e), Some(req)));
-                }
-                match tx.try_send_request(req).await {
-                    Ok(response) => {
-                        if !upgrade {
-                            done.conn = Some((tx, cluster.pool.max_idle));
-                        }
-                        return Ok(Sent {
-                            response,
-                            done: Box::new(done),
-                        });
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(r) if reused => req = r,
-                        msg => return Err((protocol_error(e.into_error()), msg)),
-                    },
+        _ if upgrade => {
+            let mut tx = match connect_upgrade(cluster, addr).await {
+                Ok(tx) => tx,
+                Err(e) => return Err((e, Some(req))),
+            };
+            if let Err(e) = tx.ready().await {
+                return Err((protocol_error(e), Some(req)));
+            }
+            match tx.try_send_request(req).await {
+                Ok(response) => Ok(hyper_response(response, done)),
+                Err(mut e) => {
+                    let msg = e.take_message();
+                    Err((protocol_error(e.into_error()), msg))
                 }
             }
-            Err((
-                HttpError::new(ErrorKind::UpstreamProtocol)
-                    .retry(RetryType::Safe)
-                    .because(format!("no usable connection to {addr}")),
-                Some(req),
-            ))
+        }
+        _ => {
+            let pooled = checkout_h1(addr, cluster.pool.idle_timeout);
+            let conn = match pooled {
+                Some(c) => c,
+                None => match connect_tcp(cluster, addr).await {
+                    Ok(s) => H1Conn::new(s),
+                    Err(e) => return Err((e, Some(req))),
+                },
+            };
+            let (head, body) = req.into_parts();
+            let head_only = head.method == http::Method::HEAD;
+            let mut wire = Vec::with_capacity(256 + head.headers.len() * 32);
+            let chunked = h1client::encode_head(&head, &body, &mut wire);
+            // A buffered body goes out with the head; the request stays replayable.
+            let body = match body {
+                ReqBody::Full(Some(b)) => {
+                    wire.extend_from_slice(&b);
+                    ReqBody::Empty
+                }
+                b => b,
+            };
+            let replayable = matches!(body, ReqBody::Empty | ReqBody::Full(None));
+            let pool = (addr, cluster.pool.max_idle);
+            let done: Box<dyn OnDone> = Box::new(done);
+            match h1client::send(conn, &wire, body, chunked, head_only, done, pool).await {
+                Ok(r) => Ok(Sent {
+                    response: r.map(ProxyBody::H1),
+                }),
+                Err(h1client::SendError::Stale(_)) if replayable => {
+                    // The pooled connection was closed under us before any response byte
+                    // arrived: send the same bytes on a fresh connection.
+                    let stream = connect_tcp(cluster, addr).await.map_err(|e| (e, None))?;
+                    ep.inflight.fetch_add(1, Ordering::Relaxed);
+                    let done: Box<dyn OnDone> = Box::new(Done { ep: ep.clone() });
+                    match h1client::send(
+                        H1Conn::new(stream),
+                        &wire,
+                        ReqBody::Empty,
+                        false,
+                        head_only,
+                        done,
+                        pool,
+                    )
+                    .await
+                    {
+                        Ok(r) => Ok(Sent {
+                            response: r.map(ProxyBody::H1),
+                        }),
+                        Err(h1client::SendError::Stale(e) | h1client::SendError::Failed(e)) => {
+                            Err((e, None))
+                        }
+                    }
+                }
+                Err(h1client::SendError::Stale(e) | h1client::SendError::Failed(e)) => {
+                    Err((e, None))
+                }
+            }
         }
     }
 }

@@ -1,0 +1,566 @@
+//! A lean HTTP/1.1 upstream client driven directly by the request's task: no connection task,
+//! no channels. The request head (and a buffered body) goes out in one write; the response head
+//! is parsed with httparse into header values that share one buffer; a body that arrived with
+//! the head is answered at once and its connection returned to the worker's pool before the
+//! response is even handed on. Larger bodies stream from the socket (`Content-Length`, chunked,
+//! or until close). Upgrades and HTTP/2 use hyper's client instead.
+
+use crate::body::{BoxError, OnDone, ReqBody};
+use crate::error::{ErrorKind, HttpError, RetryType};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An idle or busy upstream HTTP/1.1 connection.
+#[derive(Debug)]
+pub(crate) struct H1Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Requests sent on this connection.
+    pub(crate) uses: u64,
+}
+
+impl H1Conn {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        H1Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            uses: 0,
+        }
+    }
+
+    /// False when the peer closed (or sent something unasked) while the connection was idle.
+    /// Costs no syscall unless the socket became readable since the last read.
+    pub(crate) fn is_reusable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => {
+                let mut b = [0u8; 1];
+                matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let fut = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf);
+        let mut fut = std::pin::pin!(fut);
+        fut.as_mut().poll(cx)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Writes the request line and headers of `head` into `out`, with the framing header the body
+/// needs. Returns whether the body must be chunk-encoded.
+pub(crate) fn encode_head(head: &http::request::Parts, body: &ReqBody, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        head.uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = head.headers.get(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &head.headers {
+        if name == header::HOST {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_cl = head.headers.contains_key(header::CONTENT_LENGTH);
+    let mut chunked = false;
+    if body.is_end_stream() {
+        if !has_cl && matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+    } else if !has_cl {
+        match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+fn proto_err(why: impl Into<BoxError>, retry: RetryType) -> HttpError {
+    HttpError::new(ErrorKind::UpstreamProtocol)
+        .retry(retry)
+        .because(why)
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkState),
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// Result of [`send`]: on failure, whether the request may be sent again on a fresh connection
+/// (nothing of the response arrived on a reused connection and the request is replayable).
+pub(crate) enum SendError {
+    Stale(HttpError),
+    Failed(HttpError),
+}
+
+/// Sends a request whose encoded form (`wire`) already holds any buffered body, or streams
+/// `body` after it, and reads the response head.
+pub(crate) async fn send(
+    mut conn: H1Conn,
+    wire: &[u8],
+    body: ReqBody,
+    chunked: bool,
+    head_only: bool,
+    done: Box<dyn OnDone>,
+    pool: (SocketAddr, usize),
+) -> Result<Response<H1Body>, SendError> {
+    let reused = conn.uses > 0;
+    conn.uses += 1;
+    let stale = |e: HttpError| {
+        if reused {
+            SendError::Stale(e)
+        } else {
+            SendError::Failed(e)
+        }
+    };
+    if let Err(e) = conn.stream.write_all(wire).await {
+        return Err(stale(proto_err(e, RetryType::Safe)));
+    }
+    match body {
+        ReqBody::Empty | ReqBody::Full(_) => {}
+        mut streaming => {
+            // The head is out: from here on nothing is replayable.
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut streaming).poll_frame(cx)).await
+            {
+                let frame = frame.map_err(|e| {
+                    SendError::Failed(HttpError::new(ErrorKind::BadRequest).because(e))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let r = if chunked {
+                        let mut v = format!("{:x}\r\n", data.len()).into_bytes();
+                        v.extend_from_slice(&data);
+                        v.extend_from_slice(b"\r\n");
+                        conn.stream.write_all(&v).await
+                    } else {
+                        conn.stream.write_all(&data).await
+                    };
+                    r.map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
+                }
+            }
+            if chunked {
+                conn.stream
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
+            }
+        }
+    }
+    // Response head (skipping 1xx informational responses other than 101).
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let base = conn.buf.as_ptr() as usize;
+                    let mut offs: smallvec::SmallVec<[(HeaderName, usize, usize); 24]> =
+                        smallvec::SmallVec::new();
+                    for h in resp.headers.iter() {
+                        let name = HeaderName::from_bytes(h.name.as_bytes())
+                            .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
+                        let start = h.value.as_ptr() as usize - base;
+                        offs.push((name, start, start + h.value.len()));
+                    }
+                    Some((len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), offs))
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => return Err(SendError::Failed(proto_err(e, RetryType::Policy))),
+            }
+        };
+        let Some((len, code, version, offs)) = parsed else {
+            if conn.buf.len() > MAX_HEAD {
+                return Err(SendError::Failed(proto_err(
+                    "response head too large",
+                    RetryType::Policy,
+                )));
+            }
+            match conn.fill().await {
+                Ok(0) if conn.buf.is_empty() => {
+                    return Err(stale(proto_err(
+                        "connection closed before the response",
+                        RetryType::Policy,
+                    )));
+                }
+                Ok(0) => {
+                    return Err(SendError::Failed(proto_err(
+                        "connection closed in the response head",
+                        RetryType::Policy,
+                    )));
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    let empty = conn.buf.is_empty();
+                    let e = proto_err(e, RetryType::Policy);
+                    return Err(if empty {
+                        stale(e)
+                    } else {
+                        SendError::Failed(e)
+                    });
+                }
+            }
+        };
+        let head_bytes = conn.buf.split_to(len).freeze();
+        let status = StatusCode::from_u16(code)
+            .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        let mut headers = HeaderMap::with_capacity(offs.len());
+        for (name, s, e) in offs {
+            let v = HeaderValue::from_maybe_shared(head_bytes.slice(s..e))
+                .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
+            headers.append(name, v);
+        }
+        let keep_alive = keep_alive(version, &headers);
+        let framing = if head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            Framing::Length(0)
+        } else if headers
+            .get(header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+        {
+            Framing::Chunked(ChunkState::Size)
+        } else if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
+            let n = std::str::from_utf8(cl.as_bytes())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    SendError::Failed(proto_err("invalid content-length", RetryType::Policy))
+                })?;
+            Framing::Length(n)
+        } else {
+            Framing::Eof
+        };
+        let mut body = H1Body {
+            conn: Some(conn),
+            framing,
+            keep_alive: keep_alive && !matches!(framing, Framing::Eof),
+            ready: None,
+            done: Some(done),
+            pool: Some(pool),
+        };
+        body.take_buffered();
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = if version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        *resp.headers_mut() = headers;
+        return Ok(resp);
+    }
+}
+
+fn keep_alive(version: u8, h: &HeaderMap) -> bool {
+    let mut ka = version == 1;
+    for v in h.get_all(header::CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if t.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                ka = true;
+            }
+        }
+    }
+    ka
+}
+
+/// A streamed HTTP/1.1 response body that hands its connection back when complete.
+pub struct H1Body {
+    conn: Option<H1Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    /// A whole `Content-Length` body that arrived with the head.
+    ready: Option<Bytes>,
+    done: Option<Box<dyn OnDone>>,
+    /// Pool to return the connection to: endpoint address and idle limit.
+    pool: Option<(SocketAddr, usize)>,
+}
+
+impl std::fmt::Debug for H1Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl H1Body {
+    /// Fast path: the whole body is already buffered; release the connection now.
+    fn take_buffered(&mut self) {
+        if let Framing::Length(n) = self.framing
+            && let Some(conn) = &mut self.conn
+            && (conn.buf.len() as u64) >= n
+        {
+            if n > 0 {
+                self.ready = Some(conn.buf.split_to(n as usize).freeze());
+            }
+            self.framing = Framing::Length(0);
+            self.finish(true);
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(conn) = self.conn.take()
+            && complete
+            && self.keep_alive
+            && conn.buf.is_empty()
+            && let Some((addr, max)) = self.pool.take()
+        {
+            crate::upstream::checkin_h1(addr, conn, max);
+        }
+        if let Some(d) = self.done.take() {
+            d.done(complete);
+        }
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Framing::Chunked(state) = self.framing else {
+                return Poll::Ready(None);
+            };
+            let conn = self.conn.as_mut().ok_or("body already finished")?;
+            let buf = &mut conn.buf;
+            let need_more = match state {
+                ChunkState::Size => match find_crlf(buf) {
+                    Some(i) => {
+                        let line = buf.split_to(i + 2);
+                        let hex = line[..i].split(|&b| b == b';').next().unwrap_or(b"");
+                        let size = std::str::from_utf8(hex)
+                            .ok()
+                            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                            .ok_or("invalid chunk size")?;
+                        self.framing = Framing::Chunked(if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        });
+                        false
+                    }
+                    None => true,
+                },
+                ChunkState::Data(n) => {
+                    if buf.is_empty() {
+                        true
+                    } else {
+                        let take = (buf.len() as u64).min(n) as usize;
+                        let data = buf.split_to(take).freeze();
+                        let left = n - take as u64;
+                        self.framing = Framing::Chunked(if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() >= 2 {
+                        if &buf[..2] != b"\r\n" {
+                            return Poll::Ready(Some(Err("invalid chunk end".into())));
+                        }
+                        buf.advance(2);
+                        self.framing = Framing::Chunked(ChunkState::Size);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                ChunkState::Trailers => match find_crlf(buf) {
+                    Some(0) => {
+                        buf.advance(2);
+                        self.framing = Framing::Length(0);
+                        self.finish(true);
+                        return Poll::Ready(None);
+                    }
+                    Some(i) => {
+                        buf.advance(i + 2);
+                        false
+                    }
+                    None => true,
+                },
+            };
+            if need_more {
+                let conn = self.conn.as_mut().ok_or("body already finished")?;
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => return Poll::Ready(Some(Err("upstream closed mid-body".into()))),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            // Not read to the end: the connection is closed, not reused.
+            self.conn = None;
+            if let Some(d) = self.done.take() {
+                d.done(false);
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        match this.framing {
+            Framing::Length(0) => {
+                if this.conn.is_some() {
+                    this.finish(true);
+                }
+                Poll::Ready(None)
+            }
+            Framing::Length(n) => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.buf.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.finish(false);
+                            return Poll::Ready(Some(Err("upstream closed mid-body".into())));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.finish(false);
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                let take = (conn.buf.len() as u64).min(n) as usize;
+                let data = conn.buf.split_to(take).freeze();
+                this.framing = Framing::Length(n - take as u64);
+                if n == take as u64 {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::Eof => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.buf.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.finish(true);
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.finish(false);
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                let data = conn.buf.split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::Chunked(_) => {
+                let r = ready!(this.poll_chunked(cx));
+                if matches!(r, Some(Err(_))) {
+                    this.finish(false);
+                }
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_none() && matches!(self.framing, Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.framing, &self.ready) {
+            (_, Some(b)) => SizeHint::with_exact(b.len() as u64),
+            (Framing::Length(n), None) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
