@@ -6,6 +6,7 @@
 #
 #   benches/ebpf/run.sh [ROUNDS] [SECONDS]     (defaults: 5 rounds of 3 s per variant)
 #
+# Env: ONLY=REGEX (variants to run), DATAPATH_ARGS (extra datapath example flags), VERBOSE=1.
 # Variants run alternately within each round; the report gives per-variant medians over rounds
 # and the ratios. Load tools: the `probe` example (connect+request, ping-pong) and wrk (HTTP with
 # `Connection: close`, i.e. one connection per request, against nginx).
@@ -98,7 +99,7 @@ cat > "$WORK/snap.json" <<EOF
       "ports": [ { "protocol": "TCP", "port": 80, "nodePort": 30080, "cluster": "bench/line:80" } ] } ] }
 EOF
 "$DATAPATH" --object "$OBJ" --snapshot "$WORK/snap.json" --cgroup "$CG" --iface eth0 \
-  --netns /var/run/netns/$NODE --pin-dir "$PIN" --local-cidr 10.98.0.0/16 --keep --quiet \
+  --netns /var/run/netns/$NODE --pin-dir "$PIN" --local-cidr 10.98.0.0/16 --keep --quiet ${DATAPATH_ARGS:-} \
   --seconds 100000 >"$WORK/datapath.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do grep -q synced "$WORK/datapath.log" && break; sleep 0.1; done
 grep -q synced "$WORK/datapath.log" || { cat "$WORK/datapath.log"; exit 1; }
@@ -143,23 +144,26 @@ pingpong() { # CGROUP PORT -> "ops p50"
   echo "$line" | sed -E 's/.*p50_us=([0-9.]+).*ops_per_s=([0-9]+).*/\2 \1/'
 }
 
+# ONLY=REGEX runs just the matching variants.
+want() { [[ -z "${ONLY:-}" || "$1" =~ $ONLY ]]; }
 RES=$WORK/results.tsv
 : > "$RES"
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
-  echo -e "conn_direct\t$(conn $NODE 0 10.98.1.2:8080)" >> "$RES"
-  echo -e "conn_socketlb\t$(conn $NODE 1 10.96.0.10:80)" >> "$RES"
-  ipt_on; echo -e "conn_iptables\t$(conn $NODE 0 10.96.1.10:80)" >> "$RES"; ipt_off
-  echo -e "http_direct\t$(http $NODE 0 http://10.98.1.2:8081/)" >> "$RES"
-  echo -e "http_socketlb\t$(http $NODE 1 http://10.96.0.20/)" >> "$RES"
-  ipt_on; echo -e "http_iptables\t$(http $NODE 0 http://10.96.1.20/)" >> "$RES"; ipt_off
-  echo -e "np_direct\t$(conn $CLIENT 0 10.98.1.2:8080)" >> "$RES"
-  echo -e "np_tc\t$(conn $CLIENT 0 10.99.0.1:30080)" >> "$RES"
-  ipt_on; echo -e "np_iptables\t$(conn $CLIENT 0 10.99.0.1:31080)" >> "$RES"; ipt_off
-  echo -e "nphttp_tc\t$(http $CLIENT 0 http://10.99.0.1:30081/)" >> "$RES"
-  ipt_on; echo -e "nphttp_iptables\t$(http $CLIENT 0 http://10.99.0.1:31081/)" >> "$RES"; ipt_off
-  echo -e "pp_sockmap\t$(pingpong 1 9000)" >> "$RES"
-  echo -e "pp_loopback\t$(pingpong 0 9001)" >> "$RES"
+  if want conn_direct; then echo -e "conn_direct\t$(conn $NODE 0 10.98.1.2:8080)" >> "$RES"; fi
+  if want conn_direct_cg; then echo -e "conn_direct_cg\t$(conn $NODE 1 10.98.1.2:8080)" >> "$RES"; fi
+  if want conn_socketlb; then echo -e "conn_socketlb\t$(conn $NODE 1 10.96.0.10:80)" >> "$RES"; fi
+  if want conn_iptables; then ipt_on; echo -e "conn_iptables\t$(conn $NODE 0 10.96.1.10:80)" >> "$RES"; ipt_off; fi
+  if want http_direct; then echo -e "http_direct\t$(http $NODE 0 http://10.98.1.2:8081/)" >> "$RES"; fi
+  if want http_socketlb; then echo -e "http_socketlb\t$(http $NODE 1 http://10.96.0.20/)" >> "$RES"; fi
+  if want http_iptables; then ipt_on; echo -e "http_iptables\t$(http $NODE 0 http://10.96.1.20/)" >> "$RES"; ipt_off; fi
+  if want np_direct; then echo -e "np_direct\t$(conn $CLIENT 0 10.98.1.2:8080)" >> "$RES"; fi
+  if want np_tc; then echo -e "np_tc\t$(conn $CLIENT 0 10.99.0.1:30080)" >> "$RES"; fi
+  if want np_iptables; then ipt_on; echo -e "np_iptables\t$(conn $CLIENT 0 10.99.0.1:31080)" >> "$RES"; ipt_off; fi
+  if want nphttp_tc; then echo -e "nphttp_tc\t$(http $CLIENT 0 http://10.99.0.1:30081/)" >> "$RES"; fi
+  if want nphttp_iptables; then ipt_on; echo -e "nphttp_iptables\t$(http $CLIENT 0 http://10.99.0.1:31081/)" >> "$RES"; ipt_off; fi
+  if want pp_sockmap; then echo -e "pp_sockmap\t$(pingpong 1 9000)" >> "$RES"; fi
+  if want pp_loopback; then echo -e "pp_loopback\t$(pingpong 0 9001)" >> "$RES"; fi
 done
 
 mkdir -p "$(dirname "$OUT")"

@@ -97,8 +97,9 @@ impl FlowEvents {
         FlowEvents { ring, names }
     }
 
-    /// Waits up to `timeout` for events and hands each pending one to `f`. Returns how many
-    /// were read (0 on timeout).
+    /// Hands each pending event to `f`; when none is pending, waits up to `timeout` (events
+    /// are batched: the kernel wakes the reader once about 100 are pending, so a quiet
+    /// datapath's events show up after `timeout`). Returns how many were read.
     pub fn read(
         &mut self,
         timeout: Duration,
@@ -107,15 +108,13 @@ impl FlowEvents {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut n = self.drain(&mut f);
         if n == 0 {
-            let ready = crate::sys::poll_readable(self.ring.as_fd(), ms).map_err(|source| {
-                LoaderError::Io {
-                    what: "waiting for flow events".into(),
-                    source,
-                }
+            // The programs wake readers only once a batch is pending, so drain after the
+            // timeout too.
+            crate::sys::poll_readable(self.ring.as_fd(), ms).map_err(|source| LoaderError::Io {
+                what: "waiting for flow events".into(),
+                source,
             })?;
-            if ready {
-                n = self.drain(&mut f);
-            }
+            n = self.drain(&mut f);
         }
         Ok(n)
     }

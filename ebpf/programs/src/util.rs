@@ -1,6 +1,10 @@
 //! Helpers shared by the programs: configuration, counters, flow events, backend selection.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+};
 use sluice_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_TERMINATING, Backend, CONFIG_EVENTS, Config, Counter,
     FlowEvent, ServiceValue,
@@ -23,6 +27,9 @@ pub fn count(c: Counter) {
     }
 }
 
+/// Pending ring buffer bytes that wake the reader (about 100 events).
+const WAKEUP_BYTES: u64 = 4096;
+
 /// Sends a flow event to user space (when enabled); counts it as lost when the ring is full.
 #[inline(always)]
 pub fn emit(ev: &FlowEvent) {
@@ -36,7 +43,15 @@ pub fn emit(ev: &FlowEvent) {
     let mut e = *ev;
     // SAFETY: helper without preconditions.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output(&e, 0).is_err() {
+    // Wake the reader only once a batch is pending: a wakeup per event would put a
+    // context switch on every connection. The reader also drains on its poll timeout.
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if pending >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output(&e, flags as u64).is_err() {
         count(Counter::EventsLost);
     }
 }
