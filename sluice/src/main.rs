@@ -34,6 +34,8 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Run the conformance-compatible echo backend.
     Echo(EchoArgs),
+    /// Run the Gateway API conformance suite against this binary in standalone mode.
+    Conformance(ConformanceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +49,23 @@ struct EchoArgs {
     /// Namespace reported in responses (env NAMESPACE).
     #[arg(long, env = "NAMESPACE", default_value = "")]
     namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConformanceArgs {
+    /// Write the ConformanceReport (YAML) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Run only these tests (upstream ShortNames).
+    #[arg(long, num_args = 1..)]
+    only: Vec<String>,
+    /// The conformance material (default: ../shared/conformance beside the repository).
+    #[arg(long)]
+    shared: Option<PathBuf>,
+    /// Fail when a test listed in this file does not pass (default:
+    /// conformance/expected-pass.txt of the repository).
+    #[arg(long)]
+    expected_pass: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -76,6 +95,7 @@ fn main() -> Result<()> {
         Command::Standalone(args) => standalone::main(args),
         Command::Quickstart(args) => quickstart::main(args),
         Command::Echo(args) => runtime()?.block_on(echo(args)),
+        Command::Conformance(args) => runtime()?.block_on(conformance(args)),
     }
 }
 
@@ -88,4 +108,33 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 async fn echo(args: EchoArgs) -> Result<()> {
     let cfg = sluice_conformance::echo::EchoConfig::http(args.listen, &args.pod, &args.namespace);
     sluice_conformance::echo::serve(cfg).await
+}
+
+async fn conformance(args: ConformanceArgs) -> Result<()> {
+    let repo = repo_dir();
+    let opts = sluice_conformance::RunOptions {
+        report: args.report,
+        only: args.only,
+        shared_dir: args
+            .shared
+            .unwrap_or_else(|| repo.join("../shared/conformance")),
+        sluice_bin: std::env::current_exe()?,
+        expected_pass: Some(
+            args.expected_pass
+                .unwrap_or_else(|| repo.join("conformance/expected-pass.txt")),
+        ),
+        features: repo.join("conformance/features.yaml"),
+        ..Default::default()
+    };
+    let summary = sluice_conformance::run(opts).await?;
+    if !summary.ok() {
+        for (test, outcome) in &summary.regressions {
+            eprintln!("regression: {test}: {outcome}");
+        }
+        anyhow::bail!(
+            "{} conformance test(s) listed in expected-pass.txt did not pass",
+            summary.regressions.len()
+        );
+    }
+    Ok(())
 }
