@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod provider;
+pub mod provision;
+pub mod publish;
+pub mod status;
 pub mod resources;
 pub mod translate;
 
