@@ -5,8 +5,8 @@
 pub mod provider;
 pub mod provision;
 pub mod publish;
-pub mod status;
 pub mod resources;
+pub mod status;
 pub mod translate;
 
 pub use resources::{Key, Object, Resources};
