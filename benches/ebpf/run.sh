@@ -125,7 +125,7 @@ conn() { # NS CGROUP(0/1) ADDR -> "ops p50"
   if [ "$cg" = 1 ]; then line=$(incg ip netns exec $ns "$PROBE" connect-bench $addr --seconds $SECS | tr '\n' ' ')
   else line=$(ip netns exec $ns "$PROBE" connect-bench $addr --seconds $SECS | tr '\n' ' '); fi
   [ -z "${VERBOSE:-}" ] || echo "$addr: $line" >&2
-  echo "$line" | sed -E 's/.*p50_us=([0-9.]+).*ops_per_s=([0-9]+).*/\2 \1/'
+  echo "$line" | sed -E 's/.*p50_us=([0-9.]+) p99_us=([0-9.]+) ops_per_s=([0-9]+).*/\3 \1 \2/'
 }
 http() { # NS CGROUP URL -> "req/s p50"
   local ns=$1 cg=$2 url=$3 out
@@ -173,12 +173,13 @@ rows = {}
 for line in open(sys.argv[1]):
     parts = line.split()
     if len(parts) >= 3:
-        rows.setdefault(parts[0], []).append((float(parts[1]), float(parts[2])))
-med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in rows.items()}
+        rows.setdefault(parts[0], []).append(tuple(float(x) for x in parts[1:4]))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(len(v[0]))) for k, v in rows.items()}
 print(f"Sluice eBPF datapath benchmark: {sys.argv[2]} alternating rounds x {sys.argv[3]} s per variant (medians)")
-print(f"{'variant':<16} {'ops/s':>10} {'p50 us':>9}")
-for k, (ops, p50) in med.items():
-    print(f"{k:<16} {ops:>10.0f} {p50:>9.1f}")
+print(f"{'variant':<16} {'ops/s':>10} {'p50 us':>9} {'p99 us':>9}")
+for k, m in med.items():
+    p99 = f"{m[2]:>9.1f}" if len(m) > 2 else f"{'-':>9}"
+    print(f"{k:<16} {m[0]:>10.0f} {m[1]:>9.1f} {p99}")
 def ratio(a, b, label):
     if a in med and b in med and med[b][0] and med[a][1]:
         print(f"{label:<48} throughput x{med[a][0]/med[b][0]:.2f}   p50 latency x{med[a][1]/med[b][1]:.2f}")
