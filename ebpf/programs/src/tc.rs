@@ -48,8 +48,8 @@ const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SADDR: usize = ETH_HLEN + 12;
 const IP_DADDR: usize = ETH_HLEN + 16;
 const AF_INET: u8 = 2;
-const OK: i32 = TC_ACT_OK as i32;
-const SHOT: i32 = TC_ACT_SHOT as i32;
+const OK: i32 = TC_ACT_OK;
+const SHOT: i32 = TC_ACT_SHOT;
 
 #[classifier]
 pub fn sluice_tc_ingress(ctx: TcContext) -> i32 {
@@ -376,7 +376,7 @@ fn hairpin_out(ctx: &TcContext) -> i32 {
     // SAFETY: no neighbour parameters (the helper looks the next hop up itself).
     let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     if rc == TC_ACT_REDIRECT as i64 {
-        TC_ACT_REDIRECT as i32
+        TC_ACT_REDIRECT
     } else {
         count(Counter::TcErrors);
         SHOT
