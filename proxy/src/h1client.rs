@@ -208,112 +208,123 @@ pub(crate) async fn send(
     }
     // Response head (skipping 1xx informational responses other than 101).
     loop {
-        let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&conn.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let base = conn.buf.as_ptr() as usize;
-                    let mut offs: smallvec::SmallVec<[(HeaderName, usize, usize); 24]> =
-                        smallvec::SmallVec::new();
-                    for h in resp.headers.iter() {
-                        let name = HeaderName::from_bytes(h.name.as_bytes())
-                            .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
-                        let start = h.value.as_ptr() as usize - base;
-                        offs.push((name, start, start + h.value.len()));
-                    }
-                    Some((len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), offs))
-                }
-                Ok(httparse::Status::Partial) => None,
-                Err(e) => return Err(SendError::Failed(proto_err(e, RetryType::Policy))),
+        match parse_response(&mut conn, head_only)? {
+            Parsed::Response(parts, framing, keep_alive) => {
+                let mut body = H1Body {
+                    conn: Some(conn),
+                    framing,
+                    keep_alive,
+                    ready: None,
+                    done: Some(done),
+                    pool: Some(pool),
+                };
+                body.take_buffered();
+                return Ok(Response::from_parts(parts, body));
             }
-        };
-        let Some((len, code, version, offs)) = parsed else {
-            if conn.buf.len() > MAX_HEAD {
-                return Err(SendError::Failed(proto_err(
-                    "response head too large",
+            Parsed::Informational => continue,
+            Parsed::Partial => {}
+        }
+        if conn.buf.len() > MAX_HEAD {
+            return Err(SendError::Failed(proto_err(
+                "response head too large",
+                RetryType::Policy,
+            )));
+        }
+        match conn.fill().await {
+            Ok(0) if conn.buf.is_empty() => {
+                return Err(stale(proto_err(
+                    "connection closed before the response",
                     RetryType::Policy,
                 )));
             }
-            match conn.fill().await {
-                Ok(0) if conn.buf.is_empty() => {
-                    return Err(stale(proto_err(
-                        "connection closed before the response",
-                        RetryType::Policy,
-                    )));
-                }
-                Ok(0) => {
-                    return Err(SendError::Failed(proto_err(
-                        "connection closed in the response head",
-                        RetryType::Policy,
-                    )));
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    let empty = conn.buf.is_empty();
-                    let e = proto_err(e, RetryType::Policy);
-                    return Err(if empty {
-                        stale(e)
-                    } else {
-                        SendError::Failed(e)
-                    });
-                }
+            Ok(0) => {
+                return Err(SendError::Failed(proto_err(
+                    "connection closed in the response head",
+                    RetryType::Policy,
+                )));
             }
-        };
-        let head_bytes = conn.buf.split_to(len).freeze();
-        let status = StatusCode::from_u16(code)
-            .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            continue;
+            Ok(_) => {}
+            Err(e) => {
+                let empty = conn.buf.is_empty();
+                let e = proto_err(e, RetryType::Policy);
+                return Err(if empty {
+                    stale(e)
+                } else {
+                    SendError::Failed(e)
+                });
+            }
         }
-        let mut headers = HeaderMap::with_capacity(offs.len());
-        for (name, s, e) in offs {
-            let v = HeaderValue::from_maybe_shared(head_bytes.slice(s..e))
-                .map_err(|e| SendError::Failed(proto_err(e, RetryType::Policy)))?;
-            headers.append(name, v);
-        }
-        let keep_alive = keep_alive(version, &headers);
-        let framing = if head_only
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status.is_informational()
-        {
-            Framing::Length(0)
-        } else if headers
-            .get(header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
-        {
-            Framing::Chunked(ChunkState::Size)
-        } else if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
-            let n = std::str::from_utf8(cl.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    SendError::Failed(proto_err("invalid content-length", RetryType::Policy))
-                })?;
-            Framing::Length(n)
-        } else {
-            Framing::Eof
-        };
-        let mut body = H1Body {
-            conn: Some(conn),
-            framing,
-            keep_alive: keep_alive && !matches!(framing, Framing::Eof),
-            ready: None,
-            done: Some(done),
-            pool: Some(pool),
-        };
-        body.take_buffered();
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        *resp.version_mut() = if version == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        *resp.headers_mut() = headers;
-        return Ok(resp);
     }
+}
+
+enum Parsed {
+    Response(http::response::Parts, Framing, bool),
+    Informational,
+    Partial,
+}
+
+/// Parses a response head at the start of `conn.buf` (not async: the header array lives on
+/// the stack, never in the request's future).
+fn parse_response(conn: &mut H1Conn, head_only: bool) -> Result<Parsed, SendError> {
+    let fail = |e: BoxError| SendError::Failed(proto_err(e, RetryType::Policy));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(&conn.buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(fail(e.into())),
+    };
+    let code = resp.code.unwrap_or(0);
+    let version = resp.version.unwrap_or(1);
+    let base = conn.buf.as_ptr() as usize;
+    let mut offs: smallvec::SmallVec<[(HeaderName, usize, usize); 32]> = smallvec::SmallVec::new();
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| fail(e.into()))?;
+        let start = h.value.as_ptr() as usize - base;
+        offs.push((name, start, start + h.value.len()));
+    }
+    let head_bytes = conn.buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|e| fail(e.into()))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Informational);
+    }
+    let mut headers = HeaderMap::with_capacity(offs.len());
+    for (name, s, e) in offs {
+        let v =
+            HeaderValue::from_maybe_shared(head_bytes.slice(s..e)).map_err(|e| fail(e.into()))?;
+        headers.append(name, v);
+    }
+    let keep_alive = keep_alive(version, &headers);
+    let framing = if head_only
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+    {
+        Framing::Length(0)
+    } else if headers
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        Framing::Chunked(ChunkState::Size)
+    } else if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
+        let n = std::str::from_utf8(cl.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| fail("invalid content-length".into()))?;
+        Framing::Length(n)
+    } else {
+        Framing::Eof
+    };
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    parts.headers = headers;
+    let keep_alive = keep_alive && !matches!(framing, Framing::Eof);
+    Ok(Parsed::Response(parts, framing, keep_alive))
 }
 
 fn keep_alive(version: u8, h: &HeaderMap) -> bool {

@@ -444,7 +444,8 @@ async fn proxy<'a, P: HttpPhases>(
             .upper()
             .is_some_and(|n| n <= MAX_REPLAY_BODY)
     {
-        match body.collect().await {
+        // Boxed: rare, and keeps the collector out of the request's future.
+        match Box::pin(body.collect()).await {
             Ok(c) => ReqBody::full(c.to_bytes()),
             Err(e) => {
                 return Err(HttpError::new(ErrorKind::BadRequest).because(e));
@@ -494,28 +495,25 @@ async fn proxy<'a, P: HttpPhases>(
         }
     }
 
-    let replay = matches!(body, ReqBody::Empty | ReqBody::Full(_)) && retries > 0;
-    let template = replay.then(|| (head.method.clone(), head.uri.clone(), head.headers.clone()));
-    let replay_body = match (&body, replay) {
-        (ReqBody::Full(b), true) => b.clone(),
-        _ => None,
-    };
     let req = Request::from_parts(head, body);
-
-    let attempts = attempts(
-        route,
-        cluster,
-        req,
-        template,
-        replay_body,
-        upgrade,
-        &conn.listener.metrics,
-    );
-    let sent = match route.timeouts.request_ms {
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempts)
-            .await
-            .map_err(|_| HttpError::new(ErrorKind::RequestTimeout))??,
-        None => attempts.await?,
+    let metrics = &conn.listener.metrics;
+    let sent = if route.retry.is_none() && route.timeouts.is_empty() {
+        // The common case: one attempt, no timers. Kept flat so that the request's future
+        // (moved into hyper's dispatcher for every request) stays small.
+        let ep = cluster
+            .pick(None)
+            .ok_or_else(|| HttpError::new(ErrorKind::NoEndpoint))?;
+        match send(cluster, ep, req, upgrade).await {
+            Ok(s) => s,
+            Err((e, _)) => {
+                if matches!(e.kind, ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout) {
+                    metrics.connect_error(&cluster.name);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        Box::pin(with_policies(route, cluster, req, upgrade, metrics)).await?
     };
     let Sent { mut response } = sent;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -575,6 +573,36 @@ fn prepare_uri(head: &mut http::request::Parts, proto: UpstreamProtocol) -> Resu
         }
     }
     Ok(())
+}
+
+/// Retries and timeouts: `timeouts.request` around all attempts.
+async fn with_policies(
+    route: &Route,
+    cluster: &ClusterRt,
+    req: Request<ReqBody>,
+    upgrade: bool,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Sent, HttpError> {
+    let retries = route.retry.as_ref().map_or(0, |r| r.attempts);
+    let replay = retries > 0 && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
+    let template = replay.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let replay_body = match (req.body(), replay) {
+        (ReqBody::Full(b), true) => b.clone(),
+        _ => None,
+    };
+    let attempts = attempts(route, cluster, req, template, replay_body, upgrade, metrics);
+    match route.timeouts.request_ms {
+        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempts)
+            .await
+            .map_err(|_| HttpError::new(ErrorKind::RequestTimeout))?,
+        None => attempts.await,
+    }
 }
 
 async fn attempts(
@@ -676,5 +704,20 @@ async fn mirror(cluster: Arc<ClusterRt>, req: Request<ReqBody>) {
             while let Some(Ok(_)) = body.frame().await {}
         }
         Err((e, _)) => tracing::debug!(cluster = %cluster.name, error = %e, "mirror failed"),
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    fn ret_size<A, B, Fut>(_: fn(A, B) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn future_sizes() {
+        eprintln!(
+            "handle future: {} bytes",
+            ret_size(super::handle as fn(_, _) -> _)
+        );
     }
 }

@@ -369,7 +369,7 @@ fn hyper_response(r: Response<Incoming>, done: Done) -> Sent {
 pub(crate) async fn send(
     cluster: &ClusterRt,
     ep: &Arc<EndpointRt>,
-    mut req: Request<ReqBody>,
+    req: Request<ReqBody>,
     upgrade: bool,
 ) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
     ep.inflight.fetch_add(1, Ordering::Relaxed);
@@ -384,6 +384,23 @@ pub(crate) async fn send(
     }
     match cluster.protocol {
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+            // Boxed: hyper's futures are large and this path is not the common one; the
+            // request future stays small (it is moved into hyper's dispatcher per request).
+            Box::pin(send_h2(cluster, addr, req, done)).await
+        }
+        _ if upgrade => Box::pin(send_upgrade(cluster, addr, req, done)).await,
+        _ => send_h1(cluster, ep, req, done).await,
+    }
+}
+
+async fn send_h2(
+    cluster: &ClusterRt,
+    addr: SocketAddr,
+    mut req: Request<ReqBody>,
+    done: Done,
+) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
+    {
+        {
             for attempt in 0..2 {
                 let existing = POOL.with(|p| {
                     let p = p.borrow();
@@ -421,7 +438,17 @@ pub(crate) async fn send(
                 Some(req),
             ))
         }
-        _ if upgrade => {
+    }
+}
+
+async fn send_upgrade(
+    cluster: &ClusterRt,
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+    done: Done,
+) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
+    {
+        {
             let mut tx = match connect_upgrade(cluster, addr).await {
                 Ok(tx) => tx,
                 Err(e) => return Err((e, Some(req))),
@@ -437,11 +464,22 @@ pub(crate) async fn send(
                 }
             }
         }
-        _ => {
+    }
+}
+
+async fn send_h1(
+    cluster: &ClusterRt,
+    ep: &Arc<EndpointRt>,
+    req: Request<ReqBody>,
+    done: Done,
+) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
+    let addr = ep.addr;
+    {
+        {
             let pooled = checkout_h1(addr, cluster.pool.idle_timeout);
             let conn = match pooled {
                 Some(c) => c,
-                None => match connect_tcp(cluster, addr).await {
+                None => match Box::pin(connect_tcp(cluster, addr)).await {
                     Ok(s) => H1Conn::new(s),
                     Err(e) => return Err((e, Some(req))),
                 },
@@ -468,10 +506,13 @@ pub(crate) async fn send(
                 Err(h1client::SendError::Stale(_)) if replayable => {
                     // The pooled connection was closed under us before any response byte
                     // arrived: send the same bytes on a fresh connection.
-                    let stream = connect_tcp(cluster, addr).await.map_err(|e| (e, None))?;
+                    let stream = Box::pin(connect_tcp(cluster, addr))
+                        .await
+                        .map_err(|e| (e, None))?;
                     ep.inflight.fetch_add(1, Ordering::Relaxed);
                     let done: Box<dyn OnDone> = Box::new(Done { ep: ep.clone() });
-                    match h1client::send(
+                    // Boxed: rare, and keeps a second exchange out of the request's future.
+                    match Box::pin(h1client::send(
                         H1Conn::new(stream),
                         &wire,
                         ReqBody::Empty,
@@ -479,7 +520,7 @@ pub(crate) async fn send(
                         head_only,
                         done,
                         pool,
-                    )
+                    ))
                     .await
                     {
                         Ok(r) => Ok(Sent {
