@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! probe serve --id NAME [--tcp ADDR] [--udp ADDR] [--echo] [--cgroup DIR]
-//! probe tcp ADDR [--count N] [--requests N] [--interval-ms MS] [--timeout-ms MS] [--cgroup DIR]
+//! probe tcp ADDR [--count N] [--requests N] [--interval-ms MS] [--timeout-ms MS] [--sport P]
+//!     [--cgroup DIR]
 //! probe udp ADDR [--count N] [--size BYTES] [--connected] [--timeout-ms MS] [--cgroup DIR]
 //! probe pingpong ADDR [--size BYTES] [--count N] [--cgroup DIR]
 //! probe connect-bench ADDR [--seconds S] [--cgroup DIR]
@@ -156,9 +157,15 @@ fn tcp(a: &mut Args) -> Result<()> {
     let requests = a.num("--requests", 1)?;
     let interval = Duration::from_millis(a.num("--interval-ms", 0)?);
     let timeout = Duration::from_millis(a.num("--timeout-ms", 3000)?);
+    let sport = a.num("--sport", 0)? as u16;
     let mut failed = false;
     for i in 0..count {
-        let c = match TcpStream::connect_timeout(&addr, timeout) {
+        let conn = if sport != 0 {
+            connect_from(sport, addr, timeout)
+        } else {
+            TcpStream::connect_timeout(&addr, timeout)
+        };
+        let c = match conn {
             Ok(c) => c,
             Err(e) => {
                 println!("conn={i} error={:?}", e.kind());
@@ -315,6 +322,65 @@ fn connect_bench(a: &mut Args) -> Result<()> {
     report("connect", &mut lat, total);
     println!("errors={errors}");
     Ok(())
+}
+
+/// Connects from a fixed local port (SO_REUSEADDR, so a port in TIME_WAIT can be reused).
+fn connect_from(sport: u16, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dst) = addr else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: plain socket syscalls on a descriptor owned here, handed to TcpStream at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sin(std::net::Ipv4Addr::UNSPECIFIED, sport);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let remote = sin(*dst.ip(), dst.port());
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = std::io::Error::last_os_error();
+            // SO_SNDTIMEO makes a timed-out connect fail with EINPROGRESS.
+            if e.raw_os_error() == Some(libc::EINPROGRESS) {
+                return Err(std::io::Error::from(ErrorKind::TimedOut));
+            }
+            return Err(e);
+        }
+        Ok(stream)
+    }
 }
 
 /// SO_LINGER 0: close() resets the connection, so a connect benchmark leaves no TIME_WAIT

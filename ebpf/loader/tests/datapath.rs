@@ -159,6 +159,7 @@ impl Topo {
              net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 \
              net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0\n\
              ip -n {c} route add 192.0.2.0/24 via {NODE_IP}\n\
+             ip -n {c} route add 10.98.0.0/16 via {NODE_IP}\n\
              ip -n {n} route add local 192.0.2.20/32 dev lo\n"
         );
         sh(&s)?;
@@ -573,6 +574,32 @@ fn node_port_and_external_ip_from_another_host_with_reply_nat() -> Result<()> {
             .iter()
             .all(|l| l["peer"] == format!("{NODE_IP}:30080"))
     );
+
+    // A later direct connection that happens to reuse the tuple of a finished NodePort flow
+    // (same client port, same backend) must not have its replies rewritten by the leftover
+    // conntrack entry (which would cost it its SYN-ACK and a 1 s retransmission, past the
+    // 800 ms timeout).
+    let lines = t.run_ok(
+        "client",
+        false,
+        &["tcp", &format!("{NODE_IP}:30080"), "--sport", "40123"],
+    )?;
+    let np_backend = replies(&lines)[0].0.clone();
+    let backend_ip = if np_backend == "be1" { BE1 } else { BE2 };
+    let lines = t.run_ok(
+        "client",
+        false,
+        &[
+            "tcp",
+            &format!("{backend_ip}:8080"),
+            "--sport",
+            "40123",
+            "--timeout-ms",
+            "800",
+        ],
+    )?;
+    assert_eq!(lines[0]["peer"], format!("{backend_ip}:8080"));
+    assert_eq!(replies(&lines)[0].0, np_backend);
 
     // UDP NodePort: the reply's source is the NodePort.
     let lines = t.run_ok(
