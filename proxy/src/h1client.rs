@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 
 /// An idle or busy upstream HTTP/1.1 connection.
 #[derive(Debug)]
