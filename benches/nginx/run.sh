@@ -7,7 +7,9 @@
 #
 # Both proxies add X-Forwarded-For/-Proto and pass Host, i.e. do the same work. With 2+ CPUs
 # the proxy under test is pinned to CPU $PROXY_CPU and wrk + backend to $LOAD_CPUS, so each
-# proxy gets one core of its own. Prints medians of req/s and p99 latency and the ratio.
+# proxy gets one core of its own. Prints medians of req/s, p99 latency and the proxy's CPU time
+# per request (user+system, from /proc: the figure least disturbed by other load on the machine)
+# and the ratios.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -114,9 +116,11 @@ EOF
 "${pin_load[@]}" "$NGINX" -c "$TMP/backend.conf" -g 'daemon off;' &
 PIDS+=($!)
 "${pin_proxy[@]}" "$NGINX" -c "$TMP/proxy.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_MASTER=$!
+PIDS+=($NGINX_MASTER)
 RUST_LOG=warn "${pin_proxy[@]}" "$SERVE" "$TMP/snapshot.json" --workers 1 &
-PIDS+=($!)
+SLUICE_PID=$!
+PIDS+=($SLUICE_PID)
 
 for port in $BACKEND_PORT $NGINX_PORT $SLUICE_PORT; do
     for _ in $(seq 1 100); do
@@ -126,10 +130,18 @@ for port in $BACKEND_PORT $NGINX_PORT $SLUICE_PORT; do
     curl -fs -o /dev/null "http://127.0.0.1:$port/" || { echo "port $port not serving" >&2; exit 1; }
 done
 
-# wrk output -> "req_per_s p99_ms"
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# run_wrk PORT PID -> "req_per_s p99_ms cpu_us_per_request"
 run_wrk() {
-    "${pin_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" |
-        awk '
+    local t0 t1
+    t0=$(cpu_ticks "$2")
+    "${pin_load[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" >"$TMP/wrk.out"
+    t1=$(cpu_ticks "$2")
+    awk -v dt=$((t1 - t0)) -v tck="$TCK" '
+        /requests in/ { n = $1 }
         /Requests\/sec:/ { rps = $2 }
         $1 == "99%" {
             v = $2
@@ -137,7 +149,7 @@ run_wrk() {
             else if (v ~ /ms$/) { sub(/ms$/, "", v); ms = v }
             else if (v ~ /s$/) { sub(/s$/, "", v); ms = v * 1000 }
         }
-        END { printf "%s %s\n", rps, ms }'
+        END { printf "%s %s %.2f\n", rps, ms, dt / tck * 1e6 / n }' "$TMP/wrk.out"
 }
 
 echo "warm-up" >&2
@@ -147,11 +159,11 @@ wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
 : >"$TMP/nginx.txt"
 : >"$TMP/sluice.txt"
 for r in $(seq 1 "$ROUNDS"); do
-    a=$(run_wrk "$NGINX_PORT")
+    a=$(run_wrk "$NGINX_PORT" "$NGINX_WORKER")
     echo "$a" >>"$TMP/nginx.txt"
-    b=$(run_wrk "$SLUICE_PORT")
+    b=$(run_wrk "$SLUICE_PORT" "$SLUICE_PID")
     echo "$b" >>"$TMP/sluice.txt"
-    echo "round $r: nginx $a | sluice $b   (req/s p99_ms)" >&2
+    echo "round $r: nginx $a | sluice $b   (req/s p99_ms cpu_us/req)" >&2
 done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -159,10 +171,12 @@ n_rps=$(cut -d' ' -f1 "$TMP/nginx.txt" | median)
 n_p99=$(cut -d' ' -f2 "$TMP/nginx.txt" | median)
 s_rps=$(cut -d' ' -f1 "$TMP/sluice.txt" | median)
 s_p99=$(cut -d' ' -f2 "$TMP/sluice.txt" | median)
+n_cpu=$(cut -d' ' -f3 "$TMP/nginx.txt" | median)
+s_cpu=$(cut -d' ' -f3 "$TMP/sluice.txt" | median)
 echo
 echo "HTTP/1.1 keep-alive, 64-byte body, 1 proxy worker, $CONNS connections, $ROUNDS x $DURATION, medians"
-printf '%-8s %12s %10s\n' proxy req/s p99_ms
-printf '%-8s %12s %10s\n' nginx "$n_rps" "$n_p99"
-printf '%-8s %12s %10s\n' sluice "$s_rps" "$s_p99"
-awk -v s="$s_rps" -v n="$n_rps" -v sp="$s_p99" -v np="$n_p99" \
-    'BEGIN { printf "ratio sluice/nginx: req/s %.3f, p99 %.3f\n", s / n, sp / np }'
+printf '%-8s %12s %10s %14s\n' proxy req/s p99_ms cpu_us/req
+printf '%-8s %12s %10s %14s\n' nginx "$n_rps" "$n_p99" "$n_cpu"
+printf '%-8s %12s %10s %14s\n' sluice "$s_rps" "$s_p99" "$s_cpu"
+awk -v s="$s_rps" -v n="$n_rps" -v sp="$s_p99" -v np="$n_p99" -v sc="$s_cpu" -v nc="$n_cpu" \
+    'BEGIN { printf "ratio sluice/nginx: req/s %.3f, p99 %.3f, cpu/req %.3f\n", s / n, sp / np, sc / nc }'
