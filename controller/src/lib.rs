@@ -2,6 +2,7 @@
 //! [`translate()`] turns it into a [`Translation`] (IR snapshot plus status).
 #![forbid(unsafe_code)]
 
+pub mod install;
 pub mod provider;
 pub mod provision;
 pub mod publish;

@@ -116,6 +116,9 @@ pub enum ControllerError {
     /// Certificate generation failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// No usable cluster configuration (in-cluster service account or KUBECONFIG).
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
 }
 
 /// What the controller computed last (for tests and logs).
@@ -256,6 +259,18 @@ pub async fn run(
     tracing::info!("shutting down: releasing the lease");
     c.shutdown().await;
     Ok(())
+}
+
+/// Runs a controller against the cluster this process runs in (in-cluster service account,
+/// or `KUBECONFIG` / `~/.kube/config` outside a cluster) until `shutdown` resolves.
+pub async fn run_in_cluster(
+    opts: ControllerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ControllerError> {
+    let client = Client::try_default()
+        .await
+        .map_err(ControllerError::Client)?;
+    run(client, opts, shutdown).await
 }
 
 async fn load_or_create_ca(client: &Client, ns: &str, name: &str) -> Result<Ca, ControllerError> {
