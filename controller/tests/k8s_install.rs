@@ -483,8 +483,11 @@ fn cluster_walkthrough_manifests_validate_and_translate() {
     let mut provider = FileProvider::new(tmp.path());
     let mut res = provider.load().unwrap();
     assert!(res.errors.is_empty(), "{:?}", res.errors);
+    // The default pool of `sluice install` (10.255.0.0/24).
     let opts = TranslateOptions {
-        address_pool: vec!["10.255.0.1".parse().unwrap(), "10.255.0.2".parse().unwrap()],
+        address_pool: (1..=254u8)
+            .map(|i| std::net::IpAddr::from([10, 255, 0, i]))
+            .collect(),
         ..Default::default()
     };
     let p = plan(&mut res, &opts);
@@ -530,6 +533,17 @@ fn cluster_walkthrough_manifests_validate_and_translate() {
             }
         }
     }
+    // The README shows the address the shared Gateway really gets.
+    let shared = p.status.get("Gateway", "infra", "shared").unwrap();
+    let addr = &shared
+        .addresses
+        .first()
+        .expect("the shared Gateway has an address")
+        .value;
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let line = format!("infra       shared    sluice             {addr}");
+    assert!(readme.contains(&line), "README.md does not show {line:?}");
+
     // The shared Gateway is served by the node agents, each team's by its own proxies.
     assert!(!p.shared.listeners.is_empty());
     assert!(
