@@ -265,6 +265,8 @@ where
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new());
         b.header_read_timeout(shared.settings.header_read_timeout);
+        // Small responses: one contiguous write beats writev of head and body.
+        b.writev(false);
         let conn = b.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
