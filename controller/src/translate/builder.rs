@@ -218,62 +218,81 @@ fn assemble_vhosts(
     listener_hosts: &[Option<String>],
     raw: BTreeMap<String, Vec<HttpEntry>>,
 ) -> Vec<VirtualHost> {
-    let best_listener = |host: &str| -> Option<Option<String>> {
+    let best_listener = |host: &str| -> Option<&Option<String>> {
         listener_hosts
             .iter()
             .filter(|lh| hostname::covers(lh.as_deref(), host))
             .min_by(|a, b| {
                 hostname::specificity_cmp(a.as_deref().unwrap_or("*"), b.as_deref().unwrap_or("*"))
             })
-            .cloned()
     };
-    let wildcards: Vec<&String> = raw
-        .keys()
-        .filter(|h| hostname::is_wildcard(h) || h.as_str() == "*")
+    let (names, lists): (Vec<String>, Vec<Vec<HttpEntry>>) = raw.into_iter().unzip();
+    let find = |h: &str| names.binary_search_by(|n| n.as_str().cmp(h)).ok();
+    let wildcards: Vec<usize> = (0..names.len())
+        .filter(|&i| hostname::is_wildcard(&names[i]) || names[i] == "*")
         .collect();
-    let mut hosts: BTreeSet<String> = raw.keys().cloned().collect();
-    hosts.extend(listener_hosts.iter().flatten().cloned());
-    let mut out = Vec::new();
+    let mut hosts: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    hosts.extend(listener_hosts.iter().flatten().map(String::as_str));
+
+    // Plan every virtual host as (list, entry) indices, then move each entry into its last
+    // use and clone it for the others.
+    let mut plans: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    let mut uses: Vec<Vec<u32>> = lists.iter().map(|l| vec![0; l.len()]).collect();
     for host in hosts {
-        let best = best_listener(&host);
-        let mut sources: Vec<&String> = wildcards
+        let best = best_listener(host);
+        let keep = |e: &HttpEntry| best.is_none_or(|b| &e.listener_hostname == b);
+        let own = find(host);
+        let mut sources: Vec<usize> = wildcards
             .iter()
             .copied()
-            .filter(|w| w.as_str() != host && vhost_covers(w, &host))
+            .filter(|&w| names[w] != host && vhost_covers(&names[w], host))
             .collect();
-        sources.sort_by(|a, b| hostname::specificity_cmp(a, b));
-        let own = raw.get(&host);
-        let mut entries: Vec<(usize, &HttpEntry)> = Vec::new();
-        for (rank, list) in own
-            .into_iter()
-            .chain(sources.iter().filter_map(|w| raw.get(*w)))
-            .enumerate()
-        {
-            entries.extend(
-                list.iter()
-                    .filter(|e| best.as_ref().is_none_or(|b| &e.listener_hostname == b))
-                    .map(|e| (rank, e)),
-            );
+        sources.sort_by(|&a, &b| hostname::specificity_cmp(&names[a], &names[b]));
+        let mut picked: Vec<(usize, &Precedence, usize, usize)> = Vec::new();
+        for (rank, li) in own.into_iter().chain(sources).enumerate() {
+            for (ei, e) in lists[li].iter().enumerate() {
+                if keep(e) {
+                    picked.push((rank, &e.key, li, ei));
+                }
+            }
         }
-        entries.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+        picked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut seen = BTreeSet::new();
-        let routes: Vec<HttpRoute> = entries
+        let plan: Vec<(usize, usize)> = picked
             .into_iter()
-            .filter(|(_, e)| seen.insert(e.route.id.clone()))
-            .map(|(_, e)| e.route.clone())
+            .filter(|&(_, _, li, ei)| seen.insert(&lists[li][ei].route.id))
+            .map(|(_, _, li, ei)| (li, ei))
             .collect();
-        let is_listener_host = listener_hosts.iter().flatten().any(|h| *h == host);
-        let has_own = own.is_some_and(|l| {
-            l.iter()
-                .any(|e| best.as_ref().is_none_or(|b| &e.listener_hostname == b))
-        });
+        let is_listener_host = listener_hosts.iter().flatten().any(|h| h == host);
+        let has_own = own.is_some_and(|li| lists[li].iter().any(keep));
         if has_own || is_listener_host {
-            out.push(VirtualHost {
-                hostname: host,
-                routes,
-            });
+            for &(li, ei) in &plan {
+                uses[li][ei] += 1;
+            }
+            plans.push((host.to_string(), plan));
         }
     }
+    let mut cells: Vec<Vec<Option<HttpRoute>>> = lists
+        .into_iter()
+        .map(|l| l.into_iter().map(|e| Some(e.route)).collect())
+        .collect();
+    let mut out: Vec<VirtualHost> = plans
+        .into_iter()
+        .map(|(hostname, plan)| {
+            let routes = plan
+                .into_iter()
+                .filter_map(|(li, ei)| {
+                    uses[li][ei] -= 1;
+                    if uses[li][ei] == 0 {
+                        cells[li][ei].take()
+                    } else {
+                        cells[li][ei].clone()
+                    }
+                })
+                .collect();
+            VirtualHost { hostname, routes }
+        })
+        .collect();
     out.sort_by(|a, b| hostname::specificity_cmp(&a.hostname, &b.hostname));
     out
 }

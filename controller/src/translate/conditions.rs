@@ -40,6 +40,7 @@ pub mod reason {
     pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
     pub const NOT_ALLOWED: &str = "NotAllowed";
+    pub const CONFLICTED: &str = "Conflicted";
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
     pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";

@@ -244,6 +244,8 @@ pub struct GatewayState {
     /// Extra Gateway conditions (ResolvedRefs for the backend client certificate,
     /// InsecureFrontendValidationMode).
     pub extra_conditions: Vec<Condition>,
+    /// `spec.tls.backend.clientCertificateRef`, validated: presented to TLS backends.
+    pub backend_client_certificate: Option<ServerCertificate>,
     /// The key, for lookups.
     pub key: Key,
 }
@@ -432,6 +434,7 @@ fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> G
         }
     }
     let mut extra_conditions = Vec::new();
+    let mut backend_client_certificate = None;
     if let Some(r) = gw
         .spec
         .tls
@@ -451,11 +454,14 @@ fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> G
             "spec.tls.backend.clientCertificateRef",
         );
         extra_conditions.push(match res {
-            Ok(_) => c::ok(
-                c::RESOLVED_REFS,
-                "backend client certificate resolved",
-                generation,
-            ),
+            Ok(cert) => {
+                backend_client_certificate = Some(cert);
+                c::ok(
+                    c::RESOLVED_REFS,
+                    "backend client certificate resolved",
+                    generation,
+                )
+            }
             Err(p) => {
                 let reason = if p.reason == reason::REF_NOT_PERMITTED {
                     reason::REF_NOT_PERMITTED
@@ -505,6 +511,7 @@ fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> G
         listeners: Vec::new(),
         sets: Vec::new(),
         extra_conditions,
+        backend_client_certificate,
         key: key.clone(),
     }
 }

@@ -181,10 +181,17 @@ impl Out {
 
     /// Records that a Gateway's accepted routes send traffic to a cluster.
     pub fn use_cluster(&mut self, cluster: &str, gateway: &ObjectRef) {
-        self.cluster_users
-            .entry(cluster.to_string())
-            .or_default()
-            .insert(gateway.clone());
+        match self.cluster_users.get_mut(cluster) {
+            Some(users) => {
+                if !users.contains(gateway) {
+                    users.insert(gateway.clone());
+                }
+            }
+            None => {
+                self.cluster_users
+                    .insert(cluster.to_string(), [gateway.clone()].into());
+            }
+        }
     }
 
     fn finish(self, res: &Resources) -> Translation {
@@ -196,6 +203,13 @@ impl Out {
             cluster_users: _,
         } = self;
         let listeners = ir.finish();
+        // Only clusters something sends traffic to (routes of rejected parents resolve
+        // backends too, for their status).
+        let used = used_clusters(&listeners, &services);
+        let clusters: Vec<Cluster> = clusters
+            .into_values()
+            .filter(|c| used.contains(c.name.as_str()))
+            .collect();
         let mut resources: Vec<ResourceStatus> = status
             .into_values()
             .map(|mut s| {
@@ -220,12 +234,49 @@ impl Out {
             snapshot: Snapshot {
                 version: 0,
                 listeners,
-                clusters: clusters.into_values().collect(),
+                clusters,
                 services,
             },
             status: StatusReport { resources, errors },
         }
     }
+}
+
+/// Names of the clusters the listeners and services send traffic to.
+fn used_clusters<'l>(
+    listeners: &'l [sluice_ir::Listener],
+    services: &'l [L4Service],
+) -> std::collections::BTreeSet<&'l str> {
+    use sluice_ir::{HttpFilter, WeightedBackend};
+    fn mirrors(filters: &[HttpFilter]) -> impl Iterator<Item = &str> {
+        filters.iter().filter_map(|f| match f {
+            HttpFilter::RequestMirror(m) => m.cluster.as_deref(),
+            _ => None,
+        })
+    }
+    fn backends(bs: &[WeightedBackend]) -> impl Iterator<Item = &str> {
+        bs.iter()
+            .flat_map(|b| b.cluster.as_deref().into_iter().chain(mirrors(&b.filters)))
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for l in listeners {
+        for r in l.virtual_hosts.iter().flat_map(|v| v.routes.iter()) {
+            used.extend(backends(&r.backends));
+            used.extend(mirrors(&r.filters));
+        }
+        for r in &l.tls_routes {
+            used.extend(backends(&r.backends));
+        }
+        for r in &l.l4_routes {
+            used.extend(backends(&r.backends));
+        }
+    }
+    used.extend(
+        services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(|p| p.cluster.as_str())),
+    );
+    used
 }
 
 /// `metadata.generation`, 1 when unset (objects read from files have none).
