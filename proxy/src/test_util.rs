@@ -58,6 +58,8 @@ pub struct Echo {
     pub pod: String,
     /// Requests served.
     pub requests: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -187,12 +189,15 @@ pub fn echo_on(listener: tokio::net::TcpListener, pod: &str) -> Echo {
     let name: Arc<str> = pod.into();
     let requests = Arc::new(AtomicU64::new(0));
     let count = requests.clone();
+    let connections = Arc::new(AtomicU64::new(0));
+    let conns = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            conns.fetch_add(1, Ordering::Relaxed);
             let name = name.clone();
             let count = count.clone();
             tokio::spawn(async move {
@@ -207,6 +212,7 @@ pub fn echo_on(listener: tokio::net::TcpListener, pod: &str) -> Echo {
         addr,
         pod: pod.to_string(),
         requests,
+        connections,
         task,
     }
 }

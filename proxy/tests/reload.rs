@@ -329,3 +329,32 @@ async fn shutdown_drains_in_flight_requests() {
     assert_eq!(inflight.await.unwrap().status, 200);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[tokio::test]
+async fn upstream_pool_survives_reloads() {
+    let e = echo("p").await;
+    let port = free_port();
+    // One worker: every request uses the same pool.
+    let p = Proxy::start(ProxyOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.apply(snap(port, 1, "1", &e)).await.applied);
+    let c = client();
+    for v in 2..12u64 {
+        assert_eq!(get(&c, port, "h", "/").await.status, 200);
+        // A new snapshot with a different route config, same cluster and endpoint.
+        assert!(p.apply(snap(port, v, &v.to_string(), &e)).await.applied);
+    }
+    assert_eq!(
+        get(&c, port, "h", "/").await.echo().header("x-version"),
+        Some("11")
+    );
+    assert_eq!(e.requests.load(Ordering::Relaxed), 11);
+    assert_eq!(
+        e.connections.load(Ordering::Relaxed),
+        1,
+        "upstream connection reused across reloads"
+    );
+}
