@@ -44,11 +44,10 @@ pub fn matches(pattern: &str, host: &str) -> bool {
         return true;
     }
     match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-        }
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .and_then(|head| head.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty()),
         None => pattern == host,
     }
 }
@@ -62,9 +61,9 @@ pub fn covers(outer: Option<&str>, inner: &str) -> bool {
     match inner.strip_prefix("*.") {
         // A wildcard is covered by a wildcard with an equal or shorter suffix.
         Some(isuf) => match outer.strip_prefix("*.") {
-            Some(osuf) => {
-                isuf.ends_with(osuf) && isuf.as_bytes()[isuf.len() - osuf.len() - 1] == b'.'
-            }
+            Some(osuf) => isuf
+                .strip_suffix(osuf)
+                .is_some_and(|head| head.ends_with('.')),
             None => false,
         },
         None => matches(outer, inner),
