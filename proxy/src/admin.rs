@@ -30,6 +30,9 @@ pub struct AdminState {
     pub proxy: Proxy,
     /// The metrics registry served on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Metrics of other parts of the process (e.g. the eBPF datapath), served after the
+    /// proxy's.
+    pub extra_metrics: std::sync::Mutex<prometheus_client::registry::Registry>,
 }
 
 impl AdminState {
@@ -39,8 +42,38 @@ impl AdminState {
             not_ready: AtomicBool::new(false),
             status: ArcSwap::from_pointee(StatusReport::default()),
             metrics: proxy.metrics(),
+            extra_metrics: std::sync::Mutex::new(
+                prometheus_client::registry::Registry::with_prefix("sluice"),
+            ),
             proxy,
         })
+    }
+
+    /// Adds metrics of another component to `/metrics`.
+    pub fn register_metrics(&self, f: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        let mut r = self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut r);
+    }
+
+    /// `/metrics`: the proxy's metrics, then the registered ones, one OpenMetrics exposition.
+    pub fn encode_metrics(&self) -> String {
+        let mut text = self.metrics.encode();
+        let extra = self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut more = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut more, &extra);
+        if more.trim() != "# EOF" {
+            if let Some(stripped) = text.strip_suffix("# EOF\n") {
+                text.truncate(stripped.len());
+            }
+            text.push_str(&more);
+        }
+        text
     }
 
     /// True when `/ready` answers 200.
@@ -116,7 +149,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
+            state.encode_metrics(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -301,11 +301,14 @@ fn parse_response(conn: &mut H1Conn, head_only: bool) -> Result<Parsed, SendErro
         || status.is_informational()
     {
         Framing::Length(0)
-    } else if headers
-        .get(header::TRANSFER_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
-    {
-        Framing::Chunked(ChunkState::Size)
+    } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        // RFC 9112 6.3: chunked must be the final coding; otherwise read until close.
+        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked(ChunkState::Size)
+        } else {
+            Framing::Eof
+        }
     } else if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
         let n = std::str::from_utf8(cl.as_bytes())
             .ok()
