@@ -1,5 +1,6 @@
 //! The `sluice` binary: standalone gateway, quickstart, echo backend, conformance runner.
 
+mod cluster;
 mod quickstart;
 mod standalone;
 
@@ -34,6 +35,12 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Run the conformance-compatible echo backend.
     Echo(EchoArgs),
+    /// Run the cluster controller (watches Kubernetes, streams snapshots to the agents).
+    Controller(cluster::ControllerArgs),
+    /// Run a node agent or dedicated Gateway proxy fed by the controller.
+    Agent(cluster::AgentArgs),
+    /// Print the cluster manifests (CRDs, controller, agents, RBAC, GatewayClasses) as YAML.
+    Install(cluster::InstallArgs),
     /// Run the Gateway API conformance suite against this binary in standalone mode.
     Conformance(ConformanceArgs),
 }
@@ -95,6 +102,9 @@ fn main() -> Result<()> {
         Command::Standalone(args) => standalone::main(args),
         Command::Quickstart(args) => quickstart::main(args),
         Command::Echo(args) => runtime()?.block_on(echo(args)),
+        Command::Controller(args) => cluster::controller(args),
+        Command::Agent(args) => cluster::agent(args),
+        Command::Install(args) => cluster::install(args),
         Command::Conformance(args) => runtime()?.block_on(conformance(args)),
     }
 }
