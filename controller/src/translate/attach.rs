@@ -4,10 +4,10 @@
 
 use super::conditions::{self as c, Problem, reason};
 use super::gateway::{AllowedNamespaces, Gateways, RouteKind};
-use super::{Ctx, GATEWAY_GROUP, Out, hostname};
+use super::{Age, Ctx, GATEWAY_GROUP, Out, convert, generation, hostname, object_ref};
 use sluice_ir::ObjectRef;
 use sluice_ir::status::{ParentRef, RouteParentStatus};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A `parentRefs[]` entry, whatever route kind it came from.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -154,7 +154,9 @@ pub(crate) fn attach(
             continue;
         }
         let mut allowed_any = false;
+        let mut conflicted_any = false;
         let mut why_not = Vec::new();
+        let conflicts = gws.route_conflicts.get(&route.object);
         for l in selected {
             let ls = &gws.listeners[l];
             if !ls.kinds.contains(&route.kind) {
@@ -196,10 +198,17 @@ pub(crate) fn attach(
                 ));
                 continue;
             }
+            if let Some(m) = conflicts.and_then(|c| c.get(&l)) {
+                conflicted_any = true;
+                why_not.push(m.clone());
+                continue;
+            }
             att.listeners.push((l, hosts));
         }
         if att.listeners.is_empty() {
-            att.problem = Some(if allowed_any {
+            att.problem = Some(if conflicted_any {
+                Problem::new(reason::NOT_ALLOWED_BY_LISTENERS, why_not.join("; "))
+            } else if allowed_any {
                 Problem::new(reason::NO_MATCHING_LISTENER_HOSTNAME, why_not.join("; "))
             } else {
                 Problem::new(reason::NOT_ALLOWED_BY_LISTENERS, why_not.join("; "))
@@ -208,6 +217,91 @@ pub(crate) fn attach(
         out.push(att);
     }
     out
+}
+
+/// HTTPRoutes and GRPCRoutes with intersecting hostnames on one listener: the spec accepts
+/// exactly one of each such pair, the oldest route (then namespace/name). Records, for every
+/// younger route, the listeners it is not accepted on, in [`Gateways::route_conflicts`].
+pub(crate) fn http_grpc_conflicts(ctx: &Ctx<'_>, gws: &mut Gateways) {
+    if ctx.res.grpc_routes.is_empty() || ctx.res.http_routes.is_empty() {
+        return;
+    }
+    // (age, kind, object, listener, hostnames) of every attachment.
+    let mut entries = Vec::new();
+    let mut collect = |kind: RouteKind,
+                       object: ObjectRef,
+                       generation: i64,
+                       meta_age: Age,
+                       hostnames: &[String],
+                       refs: &[ParentRefSpec]| {
+        let (valid, _) = super::httproute::valid_hostnames(hostnames);
+        let info = RouteInfo {
+            kind,
+            object: object.clone(),
+            generation,
+            hostnames: &valid,
+        };
+        for att in attach(ctx, gws, &info, refs) {
+            for (l, hosts) in att.listeners {
+                entries.push((meta_age.clone(), kind, object.clone(), l, hosts));
+            }
+        }
+    };
+    for r in ctx.res.http_routes.values() {
+        let refs: Vec<ParentRefSpec> = r
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .filter_map(convert)
+            .collect();
+        collect(
+            RouteKind::Http,
+            object_ref("HTTPRoute", &r.metadata),
+            generation(&r.metadata),
+            Age::of(&r.metadata),
+            r.spec.hostnames.as_deref().unwrap_or_default(),
+            &refs,
+        );
+    }
+    for r in ctx.res.grpc_routes.values() {
+        let refs: Vec<ParentRefSpec> = r
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .filter_map(convert)
+            .collect();
+        collect(
+            RouteKind::Grpc,
+            object_ref("GRPCRoute", &r.metadata),
+            generation(&r.metadata),
+            Age::of(&r.metadata),
+            r.spec.hostnames.as_deref().unwrap_or_default(),
+            &refs,
+        );
+    }
+    entries.sort_by(|a, b| (&a.0, a.1, &a.2, a.3).cmp(&(&b.0, b.1, &b.2, b.3)));
+    let intersects =
+        |a: &str, b: &str| a == "*" || b == "*" || hostname::intersect(Some(a), b).is_some();
+    // Accepted (kind, object, hostnames) per listener.
+    let mut accepted: BTreeMap<usize, Vec<(RouteKind, ObjectRef, Vec<String>)>> = BTreeMap::new();
+    for (_, kind, object, l, hosts) in entries {
+        let list = accepted.entry(l).or_default();
+        let clash = list.iter().find(|(k, o, hs)| {
+            *k != kind && *o != object && hs.iter().any(|a| hosts.iter().any(|b| intersects(a, b)))
+        });
+        match clash {
+            Some((_, o, _)) => {
+                let m = format!(
+                    "{o} is older and serves an intersecting hostname on listener {:?} (an HTTPRoute and a GRPCRoute cannot share a hostname)",
+                    gws.listeners[l].name
+                );
+                gws.route_conflicts.entry(object).or_default().insert(l, m);
+            }
+            None => list.push((kind, object, hosts)),
+        }
+    }
 }
 
 /// What a route's rules and references came to, for status.

@@ -281,6 +281,9 @@ pub struct Gateways {
     pub listeners: Vec<ListenerState>,
     /// ListenerSets.
     pub sets: Vec<ListenerSetState>,
+    /// Listeners a route is not accepted on because an older route of the other kind
+    /// (HTTPRoute/GRPCRoute) serves an intersecting hostname there, with the reason.
+    pub route_conflicts: BTreeMap<ObjectRef, BTreeMap<usize, String>>,
     by_key: BTreeMap<Key, usize>,
     set_by_key: BTreeMap<Key, usize>,
 }

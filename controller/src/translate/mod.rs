@@ -87,6 +87,7 @@ pub fn translate(resources: &Resources, options: &TranslateOptions) -> Translati
     let classes = gatewayclass::process(&ctx, &mut out);
     let mut gws = gateway::process(&ctx, &classes, &mut out);
     httproute::register_listeners(&gws, &mut out);
+    attach::http_grpc_conflicts(&ctx, &mut gws);
 
     httproute::process(&ctx, &mut gws, &mut out);
     grpcroute::process(&ctx, &mut gws, &mut out);
