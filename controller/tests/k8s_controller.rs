@@ -302,10 +302,24 @@ async fn status_is_patched_only_when_it_changes() {
         "web",
         json!({"parents": [theirs]}),
     );
+    api.put(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress-controller"}}),
+    );
+    api.put(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "legacy", "namespace": "team-a"},
+        "spec": {"ingressClassName": "sluice", "rules": [{"host": "legacy.example", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}));
     let c = Controller::start(api.client(0), options("c1"))
         .await
         .unwrap();
     eventually(10, "leader", || c.is_leader().then_some(())).await;
+    // Ingress status.loadBalancer carries the address Ingress is served on.
+    eventually(10, "Ingress status.loadBalancer", || {
+        let i = api.get("networking.k8s.io/v1", "Ingress", "team-a", "legacy")?;
+        (i["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+    })
+    .await;
 
     let route_status = eventually(10, "route status written", || {
         api.get(GW, "HTTPRoute", "team-a", "web")
