@@ -46,7 +46,10 @@ pub struct ControllerArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// The controller's snapshot stream.
-    #[arg(long, default_value = "https://sluice-controller.sluice-system.svc:9902")]
+    #[arg(
+        long,
+        default_value = "https://sluice-controller.sluice-system.svc:9902"
+    )]
     pub controller: String,
     /// Directory with ca.crt (the stream CA), tls.crt and tls.key (this agent's certificate).
     #[arg(long, default_value = "/etc/sluice/tls")]

@@ -1,6 +1,7 @@
 //! The `sluice` binary: standalone gateway, quickstart, echo backend, conformance runner.
 
 mod cluster;
+mod datapath;
 mod quickstart;
 mod standalone;
 

@@ -133,6 +133,7 @@ pub fn main(args: Args) -> Result<()> {
             ebpf: false,
             cgroup: None,
             iface: None,
+            pin_dir: PathBuf::new(),
         };
         let admin = args.admin;
         let gateway = tokio::spawn(standalone::run(sargs, standalone::shutdown_signal()));

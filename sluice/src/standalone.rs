@@ -41,6 +41,9 @@ pub struct Args {
     /// Node interface for the tc load balancer (NodePort, external IPs) (with --ebpf).
     #[arg(long, requires = "ebpf")]
     pub iface: Option<String>,
+    /// bpffs directory where the datapath pins its maps and links (with --ebpf).
+    #[arg(long, requires = "ebpf", default_value = "/sys/fs/bpf/sluice")]
+    pub pin_dir: PathBuf,
 }
 
 /// How long the directory must be quiet before a reload, and the longest a reload waits.
@@ -60,11 +63,6 @@ pub fn pool_addresses(pool: &IpNet) -> Vec<IpAddr> {
 }
 
 pub fn main(args: Args) -> Result<()> {
-    if args.ebpf {
-        anyhow::bail!(
-            "--ebpf: the eBPF datapath is not wired into standalone mode yet; run without --ebpf"
-        );
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sluice-control")
@@ -105,11 +103,20 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         .with_context(|| format!("binding the admin API on {}", args.admin))?;
     tokio::spawn(admin::serve_listener(admin_listener, admin_state.clone()));
     tracing::info!(dir = %dir.display(), admin = %args.admin, pool = %args.address_pool, workers, "sluice standalone starting");
+    let mut pipeline = Pipeline::default();
+    if args.ebpf {
+        let dp = crate::datapath::KernelDatapath::load(
+            args.cgroup.clone(),
+            args.iface.clone(),
+            args.pin_dir.clone(),
+        )?;
+        admin_state.register_metrics(|registry| dp.metrics().register(registry));
+        pipeline.datapath = Some(dp);
+    }
 
     let mut changes = watch(&dir, DEBOUNCE_QUIET, DEBOUNCE_MAX)
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut provider = FileProvider::new(&dir);
-    let mut pipeline = Pipeline::default();
     tokio::pin!(shutdown);
     loop {
         let started = Instant::now();
@@ -136,6 +143,9 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         .not_ready
         .store(true, std::sync::atomic::Ordering::Release);
     proxy.shutdown(Duration::from_secs(5)).await;
+    if let Some(dp) = pipeline.datapath.take() {
+        dp.detach();
+    }
     Ok(())
 }
 
@@ -146,6 +156,7 @@ struct Pipeline {
     version: u64,
     listener_errors: BTreeMap<String, String>,
     previous_status: StatusReport,
+    datapath: Option<crate::datapath::KernelDatapath>,
 }
 
 impl Pipeline {
@@ -184,6 +195,9 @@ impl Pipeline {
                     translate_ms = format!("{translate_ms:.1}"),
                     "configuration applied"
                 );
+                if let Some(dp) = &mut self.datapath {
+                    dp.sync(&snapshot);
+                }
                 snapshot.version = 0;
                 self.applied = Some(snapshot);
                 self.listener_errors = report.listener_errors;

@@ -107,6 +107,9 @@ pub fn main(args: &[String]) -> Result<()> {
     };
 
     step("install test tools", &mut || ensure_apt(APT_PACKAGES))?;
+    step("eBPF toolchain and kernel object", &mut || {
+        crate::ebpf::run(&[])
+    })?;
     step("rustfmt", &mut || {
         run(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;

@@ -29,6 +29,11 @@ impl Gateway {
     /// Starts the binary on a fresh directory holding `files`, with its admin API and address
     /// pool on `ip` (one loopback address per test keeps tests apart).
     pub fn start(ip: &str, files: &[(&str, String)]) -> Gateway {
+        Self::start_with(ip, files, &[])
+    }
+
+    /// [`Gateway::start`] with extra command-line arguments.
+    pub fn start_with(ip: &str, files: &[(&str, String)], extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
@@ -44,6 +49,7 @@ impl Gateway {
             .args(["--admin", &admin.to_string()])
             .args(["--address-pool", &format!("{ip}/32")])
             .args(["--workers", "1"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

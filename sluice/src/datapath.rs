@@ -1,0 +1,86 @@
+//! `--ebpf`: the kernel datapath next to the proxy. Loads the programs, syncs the maps after
+//! every applied snapshot, feeds the flow-event metrics, detaches on shutdown.
+
+use anyhow::{Context, Result};
+use sluice_ebpf_loader::{Datapath, DatapathOptions, FlowMetrics};
+use sluice_ir::Snapshot;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The loaded datapath and its metrics reader.
+pub struct KernelDatapath {
+    dp: Datapath,
+    metrics: FlowMetrics,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KernelDatapath {
+    /// Loads and attaches the programs (cgroup: `cgroup`, or the whole node; tc on `iface`).
+    pub fn load(cgroup: Option<PathBuf>, iface: Option<String>, pin_dir: PathBuf) -> Result<Self> {
+        let mut opts = DatapathOptions {
+            iface,
+            pin_dir,
+            ..DatapathOptions::default()
+        };
+        if let Some(c) = cgroup {
+            opts.cgroup = c;
+        }
+        let (object, cgroup) = (opts.object.clone(), opts.cgroup.clone());
+        let mut dp = Datapath::load(opts).context("--ebpf")?;
+        let metrics = FlowMetrics::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = match dp.flow_events() {
+            Ok(events) => Some(events.spawn_metrics(metrics.clone(), stop.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "flow events unavailable; datapath metrics will only show kernel counters");
+                None
+            }
+        };
+        tracing::info!(object = %object.display(), cgroup = %cgroup.display(), "eBPF datapath attached");
+        Ok(KernelDatapath {
+            dp,
+            metrics,
+            stop,
+            reader,
+        })
+    }
+
+    /// The metrics to register on the admin API's registry.
+    pub fn metrics(&self) -> FlowMetrics {
+        self.metrics.clone()
+    }
+
+    /// Projects the snapshot onto the maps. Errors are logged: the maps keep their last good
+    /// content (the loader flips each service only once its new backends and table are in).
+    pub fn sync(&mut self, snapshot: &Snapshot) {
+        match self.dp.sync(snapshot) {
+            Ok(report) => {
+                tracing::info!(%report, "eBPF datapath synced");
+                for w in &report.warnings {
+                    tracing::warn!(warning = %w, "eBPF datapath: not projected");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "eBPF datapath sync failed; the kernel keeps the previous state")
+            }
+        }
+        match self.dp.counters() {
+            Ok(c) => self.metrics.set_counters(&c),
+            Err(e) => tracing::debug!(error = %e, "reading datapath counters"),
+        }
+    }
+
+    /// Detaches every program and removes the pinned state.
+    pub fn detach(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        match self.dp.detach() {
+            Ok(()) => tracing::info!("eBPF datapath detached"),
+            Err(e) => tracing::error!(error = %e, "detaching the eBPF datapath"),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `sluice standalone --ebpf` on the real kernel: a Service's ClusterIP is answered by its
+//! endpoint for a process in the gateway's cgroup, the datapath's metrics appear on the admin
+//! API, and SIGTERM detaches everything. Needs root and `cargo xtask ebpf` (the test command
+//! does both); otherwise it says SKIPPED.
+
+mod common;
+
+use common::{Gateway, echo};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn skip_reason() -> Option<String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return Some("not root".into());
+    }
+    let object = sluice_ebpf_loader::default_object_path();
+    if !object.exists() {
+        return Some(format!(
+            "{} missing: run `cargo xtask ebpf`",
+            object.display()
+        ));
+    }
+    None
+}
+
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Move anything left back to the parent, then remove the directory.
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            let parent = self.0.parent().unwrap().join("cgroup.procs");
+            for pid in procs.lines() {
+                let _ = std::fs::write(&parent, pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_is_balanced_in_the_kernel_for_the_gateway_cgroup() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let ip = "127.0.70.1";
+    let cgroup = Cgroup(
+        sluice_ebpf_loader::default_cgroup()
+            .join(format!("sluice-standalone-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&cgroup.0).unwrap();
+    let pin_dir = format!("/sys/fs/bpf/sluice-standalone-test-{}", std::process::id());
+    let (_e, backend) = echo(ip, "web-0").await;
+    let files = [(
+        "web.yaml",
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: 10.96.70.10
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints:
+- addresses: [\"{ip}\"]
+",
+            port = backend.port()
+        ),
+    )];
+    let mut gw = Gateway::start_with(
+        ip,
+        &files,
+        &[
+            "--ebpf",
+            "--cgroup",
+            cgroup.0.to_str().unwrap(),
+            "--pin-dir",
+            &pin_dir,
+        ],
+    );
+    gw.ready().await;
+    gw.wait_for("the datapath sync", Duration::from_secs(10), |_| async {
+        gw.log_text().contains("eBPF datapath synced")
+    })
+    .await;
+
+    // A client inside the cgroup reaches the ClusterIP; nothing else routes 10.96.70.10.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec curl -s --max-time 5 http://10.96.70.10/via-clusterip",
+        cgroup.0.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"pod\": \"web-0\""),
+        "{body}\n{}",
+        gw.log_text()
+    );
+    assert!(body.contains("\"path\": \"/via-clusterip\""), "{body}");
+
+    let (_, metrics) = gw.admin_get("/metrics").await.unwrap();
+    assert!(metrics.contains("sluice_ebpf_"), "{metrics}");
+
+    // SIGTERM: a clean shutdown detaches and unpins.
+    Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("eBPF datapath detached"),
+        "{}",
+        gw.log_text()
+    );
+    let pinned = std::fs::read_dir(&pin_dir).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    assert_eq!(pinned, 0, "pinned state left under {pin_dir}");
+}
