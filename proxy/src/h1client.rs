@@ -28,6 +28,8 @@ const READ_CHUNK: usize = 4 * 1024;
 pub(crate) struct H1Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The last request's encoding, kept to reuse its allocation.
+    pub(crate) wbuf: Vec<u8>,
     /// Requests sent on this connection.
     pub(crate) uses: u64,
 }
@@ -37,6 +39,7 @@ impl H1Conn {
         H1Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: Vec::new(),
             uses: 0,
         }
     }
@@ -146,7 +149,8 @@ enum ChunkState {
 /// Result of [`send`]: on failure, whether the request may be sent again on a fresh connection
 /// (nothing of the response arrived on a reused connection and the request is replayable).
 pub(crate) enum SendError {
-    Stale(HttpError),
+    /// With the request bytes, for sending them again.
+    Stale(HttpError, Vec<u8>),
     Failed(HttpError),
 }
 
@@ -154,7 +158,7 @@ pub(crate) enum SendError {
 /// `body` after it, and reads the response head.
 pub(crate) async fn send(
     mut conn: H1Conn,
-    wire: &[u8],
+    wire: Vec<u8>,
     body: ReqBody,
     chunked: bool,
     head_only: bool,
@@ -163,15 +167,17 @@ pub(crate) async fn send(
 ) -> Result<Response<H1Body>, SendError> {
     let reused = conn.uses > 0;
     conn.uses += 1;
-    let stale = |e: HttpError| {
+    let stale = |e: HttpError, conn: &mut H1Conn| {
         if reused {
-            SendError::Stale(e)
+            SendError::Stale(e, std::mem::take(&mut conn.wbuf))
         } else {
             SendError::Failed(e)
         }
     };
-    if let Err(e) = conn.stream.write_all(wire).await {
-        return Err(stale(proto_err(e, RetryType::Safe)));
+    let written = conn.stream.write_all(&wire).await;
+    conn.wbuf = wire;
+    if let Err(e) = written {
+        return Err(stale(proto_err(e, RetryType::Safe), &mut conn));
     }
     match body {
         ReqBody::Empty | ReqBody::Full(_) => {}
@@ -232,10 +238,10 @@ pub(crate) async fn send(
         }
         match conn.fill().await {
             Ok(0) if conn.buf.is_empty() => {
-                return Err(stale(proto_err(
-                    "connection closed before the response",
-                    RetryType::Policy,
-                )));
+                return Err(stale(
+                    proto_err("connection closed before the response", RetryType::Policy),
+                    &mut conn,
+                ));
             }
             Ok(0) => {
                 return Err(SendError::Failed(proto_err(
@@ -248,7 +254,7 @@ pub(crate) async fn send(
                 let empty = conn.buf.is_empty();
                 let e = proto_err(e, RetryType::Policy);
                 return Err(if empty {
-                    stale(e)
+                    stale(e, &mut conn)
                 } else {
                     SendError::Failed(e)
                 });

@@ -477,7 +477,7 @@ async fn send_h1(
     {
         {
             let pooled = checkout_h1(addr, cluster.pool.idle_timeout);
-            let conn = match pooled {
+            let mut conn = match pooled {
                 Some(c) => c,
                 None => match Box::pin(connect_tcp(cluster, addr)).await {
                     Ok(s) => H1Conn::new(s),
@@ -486,7 +486,9 @@ async fn send_h1(
             };
             let (head, body) = req.into_parts();
             let head_only = head.method == http::Method::HEAD;
-            let mut wire = Vec::with_capacity(256 + head.headers.len() * 32);
+            let mut wire = std::mem::take(&mut conn.wbuf);
+            wire.clear();
+            wire.reserve(256 + head.headers.len() * 32);
             let chunked = h1client::encode_head(&head, &body, &mut wire);
             // A buffered body goes out with the head; the request stays replayable.
             let body = match body {
@@ -499,11 +501,11 @@ async fn send_h1(
             let replayable = matches!(body, ReqBody::Empty | ReqBody::Full(None));
             let pool = (addr, cluster.pool.max_idle);
             let done: Box<dyn OnDone> = Box::new(done);
-            match h1client::send(conn, &wire, body, chunked, head_only, done, pool).await {
+            match h1client::send(conn, wire, body, chunked, head_only, done, pool).await {
                 Ok(r) => Ok(Sent {
                     response: r.map(ProxyBody::H1),
                 }),
-                Err(h1client::SendError::Stale(_)) if replayable => {
+                Err(h1client::SendError::Stale(_, wire)) if replayable => {
                     // The pooled connection was closed under us before any response byte
                     // arrived: send the same bytes on a fresh connection.
                     let stream = Box::pin(connect_tcp(cluster, addr))
@@ -514,7 +516,7 @@ async fn send_h1(
                     // Boxed: rare, and keeps a second exchange out of the request's future.
                     match Box::pin(h1client::send(
                         H1Conn::new(stream),
-                        &wire,
+                        wire,
                         ReqBody::Empty,
                         false,
                         head_only,
@@ -526,12 +528,12 @@ async fn send_h1(
                         Ok(r) => Ok(Sent {
                             response: r.map(ProxyBody::H1),
                         }),
-                        Err(h1client::SendError::Stale(e) | h1client::SendError::Failed(e)) => {
+                        Err(h1client::SendError::Stale(e, _) | h1client::SendError::Failed(e)) => {
                             Err((e, None))
                         }
                     }
                 }
-                Err(h1client::SendError::Stale(e) | h1client::SendError::Failed(e)) => {
+                Err(h1client::SendError::Stale(e, _) | h1client::SendError::Failed(e)) => {
                     Err((e, None))
                 }
             }
