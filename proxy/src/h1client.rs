@@ -5,8 +5,9 @@
 //! response is even handed on. Larger bodies stream from the socket (`Content-Length`, chunked,
 //! or until close). Upgrades and HTTP/2 use hyper's client instead.
 
-use crate::body::{BoxError, OnDone, ReqBody};
+use crate::body::{BoxError, ReqBody};
 use crate::error::{ErrorKind, HttpError, RetryType};
+use crate::upstream::Done;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
@@ -162,7 +163,7 @@ pub(crate) async fn send(
     body: ReqBody,
     chunked: bool,
     head_only: bool,
-    done: Box<dyn OnDone>,
+    done: Done,
     pool: (SocketAddr, usize),
 ) -> Result<Response<H1Body>, SendError> {
     let reused = conn.uses > 0;
@@ -359,7 +360,8 @@ pub struct H1Body {
     keep_alive: bool,
     /// A whole `Content-Length` body that arrived with the head.
     ready: Option<Bytes>,
-    done: Option<Box<dyn OnDone>>,
+    /// Releases the endpoint's request count.
+    done: Option<Done>,
     /// Pool to return the connection to: endpoint address and idle limit.
     pool: Option<(SocketAddr, usize)>,
 }
@@ -396,9 +398,7 @@ impl H1Body {
         {
             crate::upstream::checkin_h1(addr, conn, max);
         }
-        if let Some(d) = self.done.take() {
-            d.done(complete);
-        }
+        self.done = None;
     }
 
     fn poll_chunked(
@@ -491,9 +491,7 @@ impl Drop for H1Body {
         if self.done.is_some() {
             // Not read to the end: the connection is closed, not reused.
             self.conn = None;
-            if let Some(d) = self.done.take() {
-                d.done(false);
-            }
+            self.done = None;
         }
     }
 }

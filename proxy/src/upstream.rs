@@ -279,7 +279,7 @@ pub(crate) fn checkin_h1(addr: SocketAddr, conn: H1Conn, max_idle: usize) {
 }
 
 /// Releases the endpoint's request count when the response is finished.
-struct Done {
+pub(crate) struct Done {
     ep: Arc<EndpointRt>,
 }
 
@@ -500,7 +500,6 @@ async fn send_h1(
             };
             let replayable = matches!(body, ReqBody::Empty | ReqBody::Full(None));
             let pool = (addr, cluster.pool.max_idle);
-            let done: Box<dyn OnDone> = Box::new(done);
             match h1client::send(conn, wire, body, chunked, head_only, done, pool).await {
                 Ok(r) => Ok(Sent {
                     response: r.map(ProxyBody::H1),
@@ -512,7 +511,7 @@ async fn send_h1(
                         .await
                         .map_err(|e| (e, None))?;
                     ep.inflight.fetch_add(1, Ordering::Relaxed);
-                    let done: Box<dyn OnDone> = Box::new(Done { ep: ep.clone() });
+                    let done = Done { ep: ep.clone() };
                     // Boxed: rare, and keeps a second exchange out of the request's future.
                     match Box::pin(h1client::send(
                         H1Conn::new(stream),
