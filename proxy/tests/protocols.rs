@@ -337,3 +337,84 @@ async fn grpc_error_over_h2_is_trailers_only() {
     assert_eq!(resp.headers()["grpc-status"], "14");
     assert!(resp.body().is_end_stream(), "trailers-only response");
 }
+
+#[tokio::test]
+async fn client_certificates_validated_when_configured() {
+    let e = echo("mtls").await;
+    let server = self_signed(&["mtls.example.com"]);
+    // A CA and a client certificate it signs; a second, untrusted client.
+    let mut ca_params = rcgen::CertificateParams::new(vec!["client-ca".to_string()]).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let rogue = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+
+    let port = free_port();
+    let mut l = Listener::new(LOCALHOST, port, ListenerProtocol::Https);
+    l.tls = Some(TlsTermination {
+        certificates: vec![server_cert(&server, &[])],
+        client_validation: Some(ClientValidation {
+            ca_pem: ca.pem(),
+            mode: ClientValidationMode::AllowValidOnly,
+        }),
+        ..Default::default()
+    });
+    l.virtual_hosts = vec![vhost("*", vec![route("r").backend("c", 1).build()])];
+    let _p = start(snapshot(vec![l], vec![cluster("c", &[e.addr])])).await;
+
+    let connect = |cert: Option<(
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.der.clone()).unwrap();
+        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let cfg = match cert {
+            Some((c, k)) => b.with_client_auth_cert(vec![c], k).unwrap(),
+            None => b.with_no_client_auth(),
+        };
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(ServerName::try_from("mtls.example.com").unwrap(), tcp)
+                .await?;
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            let req = http::Request::get("/")
+                .header("host", "mtls.example.com")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = tx.send_request(req).await.map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(resp.status())
+        }
+    };
+    let key =
+        |k: &rcgen::KeyPair| rustls::pki_types::PrivateKeyDer::try_from(k.serialize_der()).unwrap();
+    let good = connect(Some((client_cert.der().clone(), key(&client_key)))).await;
+    assert_eq!(good.unwrap(), 200);
+    assert!(
+        connect(None).await.is_err(),
+        "no client certificate must fail"
+    );
+    assert!(
+        connect(Some((rogue.cert.der().clone(), key(&rogue.signing_key))))
+            .await
+            .is_err(),
+        "an untrusted client certificate must fail"
+    );
+}

@@ -491,3 +491,78 @@ async fn upstream_connections_are_reused() {
         );
     }
 }
+
+#[tokio::test]
+async fn grpc_trailers_pass_through_h2c() {
+    // An HTTP/2 upstream answering like a gRPC server: data, then grpc-status in trailers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let te = req.headers().get("te").cloned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        trailers.insert(
+                            "x-te-seen",
+                            te.unwrap_or(http::HeaderValue::from_static("none")),
+                        );
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
+                            Ok(http_body::Frame::trailers(trailers)),
+                        ];
+                        let mut resp = http::Response::new(http_body_util::StreamBody::new(
+                            futures::stream::iter(frames),
+                        ));
+                        resp.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/grpc"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    let mut cl = cluster("grpc", &[addr]);
+    cl.protocol = UpstreamProtocol::H2c;
+    let (_p, port) = one_route(route("g").grpc().backend("grpc", 1).build(), vec![cl]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://grpc.example/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = h2c.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\x02hi"), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    assert_eq!(data, b"\0\0\0\0\x02hi");
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-te-seen"], "trailers");
+}
