@@ -5,6 +5,7 @@
 //! sent, serve both on the admin API, keep serving the last snapshot while the controller is
 //! away.
 
+use crate::datapath::KernelDatapath;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use sluice_controller::install::{InstallMode, InstallOptions};
@@ -66,6 +67,19 @@ pub struct AgentArgs {
     /// Node or pod name reported to the controller.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node: String,
+    /// Load the eBPF datapath (Service load balancing in the kernel). It stays attached across
+    /// agent restarts.
+    #[arg(long)]
+    pub ebpf: bool,
+    /// cgroup v2 directory the socket-level load balancer attaches to (default: the node's).
+    #[arg(long, requires = "ebpf")]
+    pub cgroup: Option<PathBuf>,
+    /// Node interface for the tc load balancer (NodePort, external IPs).
+    #[arg(long, requires = "ebpf")]
+    pub iface: Option<String>,
+    /// bpffs directory where the datapath pins its maps and links.
+    #[arg(long, requires = "ebpf", default_value = "/sys/fs/bpf/sluice")]
+    pub pin_dir: PathBuf,
 }
 
 /// `sluice install` arguments.
@@ -143,11 +157,19 @@ pub fn controller(args: ControllerArgs) -> Result<()> {
 struct ProxySink {
     proxy: Proxy,
     admin: Arc<admin::AdminState>,
+    datapath: Option<Arc<std::sync::Mutex<KernelDatapath>>>,
 }
 
 impl SnapshotSink for ProxySink {
     async fn apply(&self, snapshot: Snapshot) -> Applied {
-        let r = self.proxy.apply(snapshot).await;
+        let r = self.proxy.apply(snapshot.clone()).await;
+        if r.applied
+            && let Some(dp) = &self.datapath
+        {
+            dp.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .sync(&snapshot);
+        }
         Applied {
             applied: r.applied,
             errors: r.validation_errors.iter().map(|e| e.to_string()).collect(),
@@ -206,9 +228,17 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         tracing::info!(controller = %args.controller, admin = %args.admin, %node, workers, "sluice agent starting");
         let mut opts = AgentOptions::new(&args.controller, &ca_pem, identity, &node);
         opts.server_name = args.server_name.clone();
+        let datapath = if args.ebpf {
+            let dp = KernelDatapath::load(args.cgroup.clone(), args.iface.clone(), args.pin_dir.clone())?;
+            admin_state.register_metrics(|registry| dp.metrics().register(registry));
+            Some(Arc::new(std::sync::Mutex::new(dp)))
+        } else {
+            None
+        };
         let sink = ProxySink {
             proxy: proxy.clone(),
             admin: admin_state.clone(),
+            datapath: datapath.clone(),
         };
         agent::run(opts, sink, crate::standalone::shutdown_signal()).await;
         tracing::info!("shutting down: draining connections");
@@ -216,6 +246,11 @@ pub fn agent(args: AgentArgs) -> Result<()> {
             .not_ready
             .store(true, std::sync::atomic::Ordering::Release);
         proxy.shutdown(Duration::from_secs(5)).await;
+        if let Some(dp) = datapath.and_then(|d| Arc::into_inner(d)) {
+            dp.into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .leave_attached();
+        }
         Ok(())
     })
 }

@@ -72,12 +72,23 @@ impl KernelDatapath {
         }
     }
 
-    /// Detaches every program and removes the pinned state.
-    pub fn detach(mut self) {
+    fn stop_reader(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+    }
+
+    /// Stops reading events but leaves the programs attached and the maps pinned, so traffic
+    /// keeps flowing until the next agent adopts them.
+    pub fn leave_attached(mut self) {
+        self.stop_reader();
+        tracing::info!("eBPF datapath left attached for the next agent");
+    }
+
+    /// Detaches every program and removes the pinned state.
+    pub fn detach(mut self) {
+        self.stop_reader();
         match self.dp.detach() {
             Ok(()) => tracing::info!("eBPF datapath detached"),
             Err(e) => tracing::error!(error = %e, "detaching the eBPF datapath"),

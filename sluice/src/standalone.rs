@@ -7,11 +7,12 @@
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use sluice_controller::provider::file::{FileProvider, watch};
+use sluice_controller::status::programmed::mark_listener_errors;
 use sluice_controller::{TranslateOptions, translate};
-use sluice_ir::status::{Condition, ConditionStatus, StatusReport, set_condition};
-use sluice_ir::{ObjectRef, Snapshot};
+use sluice_ir::Snapshot;
+use sluice_ir::status::{Condition, ConditionStatus, StatusReport};
 use sluice_proxy::{ApplyReport, Proxy, ProxyOptions, admin};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,67 +211,22 @@ impl Pipeline {
             }
         }
         if let Some(applied) = &self.applied {
-            mark_listener_errors(&mut status, applied, &self.listener_errors);
+            let retrying: BTreeMap<String, String> = self
+                .listener_errors
+                .iter()
+                .map(|(l, e)| {
+                    (
+                        l.clone(),
+                        format!("{e}; retrying every {}s", BIND_RETRY.as_secs()),
+                    )
+                })
+                .collect();
+            mark_listener_errors(&mut status, applied, &retrying, None);
         }
         log_status_changes(&self.previous_status, &status);
         admin_state.status.store(Arc::new(status.clone()));
         self.previous_status = status;
         !self.listener_errors.is_empty()
-    }
-}
-
-/// Sets `Programmed=False` on every Gateway listener merged into an IR listener that could not
-/// bind, and on the Gateway when none of its listeners is programmed.
-fn mark_listener_errors(
-    status: &mut StatusReport,
-    snapshot: &Snapshot,
-    errors: &BTreeMap<String, String>,
-) {
-    let mut failed: BTreeMap<ObjectRef, BTreeMap<String, String>> = BTreeMap::new();
-    for (name, reason) in errors {
-        let Some(l) = snapshot.listener(name) else {
-            continue;
-        };
-        for src in &l.sources {
-            failed
-                .entry(src.parent.clone())
-                .or_default()
-                .insert(src.listener.clone(), reason.clone());
-        }
-    }
-    for (parent, listeners) in failed {
-        let Some(rs) = status.get_mut(&parent.kind, &parent.namespace, &parent.name) else {
-            continue;
-        };
-        let generation = rs.generation;
-        for ls in rs.listeners.iter_mut() {
-            if let Some(reason) = listeners.get(&ls.name) {
-                set_condition(
-                    &mut ls.conditions,
-                    Condition::new(
-                        "Programmed",
-                        false,
-                        "Pending",
-                        format!("{reason}; retrying every {}s", BIND_RETRY.as_secs()),
-                        generation,
-                    ),
-                );
-            }
-        }
-        let names: BTreeSet<&String> = listeners.keys().collect();
-        if rs.listeners.iter().all(|l| names.contains(&l.name)) {
-            let list: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-            set_condition(
-                &mut rs.conditions,
-                Condition::new(
-                    "Programmed",
-                    false,
-                    "Pending",
-                    format!("no listener could be bound: {}", list.join(", ")),
-                    generation,
-                ),
-            );
-        }
     }
 }
 
