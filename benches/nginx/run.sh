@@ -28,15 +28,19 @@ if ! need nginx || ! need wrk; then
 fi
 NGINX=$(command -v nginx)
 
+# Benchmark processes run at a higher priority (NICE, default -10 when root) so that other work
+# on the machine disturbs both proxies less; both get the same treatment.
+NICE=${NICE:-$([ "$(id -u)" = 0 ] && echo -10 || echo 0)}
+prio=(nice -n "$NICE")
 NCPU=$(nproc)
 if [ "$NCPU" -ge 2 ]; then
     PROXY_CPU=${PROXY_CPU:-1}
     LOAD_CPUS=${LOAD_CPUS:-0}
-    pin_proxy=(taskset -c "$PROXY_CPU")
-    pin_load=(taskset -c "$LOAD_CPUS")
+    pin_proxy=("${prio[@]}" taskset -c "$PROXY_CPU")
+    pin_load=("${prio[@]}" taskset -c "$LOAD_CPUS")
 else
-    pin_proxy=()
-    pin_load=()
+    pin_proxy=("${prio[@]}")
+    pin_load=("${prio[@]}")
 fi
 
 echo "building the serve example (release)" >&2
