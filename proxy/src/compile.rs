@@ -132,16 +132,13 @@ pub(crate) fn compile(
     pool: PoolSettings,
 ) -> Result<Compiled, CompileError> {
     let mut endpoints = HashMap::new();
-    let clusters: HashMap<String, Arc<ClusterRt>> = s
-        .clusters
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                Arc::new(ClusterRt::compile(c, &mut endpoints, previous, pool)),
-            )
-        })
-        .collect();
+    let mut clusters: HashMap<String, Arc<ClusterRt>> = HashMap::new();
+    for c in &s.clusters {
+        clusters.insert(
+            c.name.clone(),
+            Arc::new(ClusterRt::compile(c, &mut endpoints, previous, pool)?),
+        );
+    }
     let mut listeners = HashMap::new();
     for l in &s.listeners {
         listeners.insert(l.name.clone(), Arc::new(compile_listener(l, &clusters)?));

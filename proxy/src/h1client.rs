@@ -8,17 +8,16 @@
 use crate::body::{BoxError, ReqBody};
 use crate::error::{ErrorKind, HttpError, RetryType};
 use crate::upstream::Done;
+use crate::upstream_tls::UpStream;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -27,7 +26,7 @@ const READ_CHUNK: usize = 4 * 1024;
 /// An idle or busy upstream HTTP/1.1 connection.
 #[derive(Debug)]
 pub(crate) struct H1Conn {
-    stream: TcpStream,
+    stream: UpStream,
     buf: BytesMut,
     /// The last request's encoding, kept to reuse its allocation.
     pub(crate) wbuf: Vec<u8>,
@@ -36,7 +35,7 @@ pub(crate) struct H1Conn {
 }
 
 impl H1Conn {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: UpStream) -> Self {
         H1Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -51,12 +50,16 @@ impl H1Conn {
         if !self.buf.is_empty() {
             return false;
         }
+        let tcp = self.stream.tcp();
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
+            // TLS: readable may be a session ticket or close_notify that only rustls can read;
+            // a stale connection is then caught by the resend-on-stale path.
+            Poll::Ready(Ok(())) if matches!(self.stream, UpStream::Tls(_)) => true,
             Poll::Ready(Ok(())) => {
                 let mut b = [0u8; 1];
-                matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                matches!(tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
             Poll::Ready(Err(_)) => false,
         }
@@ -164,7 +167,7 @@ pub(crate) async fn send(
     chunked: bool,
     head_only: bool,
     done: Done,
-    pool: (SocketAddr, usize),
+    pool: (crate::upstream::PoolKey, usize),
 ) -> Result<Response<H1Body>, SendError> {
     let reused = conn.uses > 0;
     conn.uses += 1;
@@ -363,7 +366,7 @@ pub struct H1Body {
     /// Releases the endpoint's request count.
     done: Option<Done>,
     /// Pool to return the connection to: endpoint address and idle limit.
-    pool: Option<(SocketAddr, usize)>,
+    pool: Option<(crate::upstream::PoolKey, usize)>,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -394,9 +397,9 @@ impl H1Body {
             && complete
             && self.keep_alive
             && conn.buf.is_empty()
-            && let Some((addr, max)) = self.pool.take()
+            && let Some((key, max)) = self.pool.take()
         {
-            crate::upstream::checkin_h1(addr, conn, max);
+            crate::upstream::checkin_h1(key, conn, max);
         }
         self.done = None;
     }

@@ -26,6 +26,7 @@ mod server;
 pub mod test_util;
 mod tls;
 mod upstream;
+mod upstream_tls;
 
 pub use body::{ProxyBody, UpstreamBody};
 pub use compile::CompileError;

@@ -4,10 +4,12 @@
 //! keyed by endpoint address, so they survive configuration reloads untouched.
 
 use crate::body::{OnDone, ProxyBody, ReqBody};
+use crate::compile::CompileError;
 use crate::error::{ErrorKind, HttpError, RetryType};
 use crate::filters::Filters;
 use crate::fxhash::FxHashMap;
 use crate::h1client::{self, H1Conn};
+use crate::upstream_tls::{UpStream, UpstreamTlsRt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -64,8 +66,10 @@ pub(crate) struct ClusterRt {
     pub(crate) connect_timeout: Duration,
     pub(crate) pool: PoolSettings,
     rr: AtomicUsize,
-    /// Upstream TLS is configured (not served yet: requests get 502).
-    pub(crate) tls: bool,
+    /// TLS to the endpoints (BackendTLSPolicy).
+    pub(crate) tls: Option<Arc<UpstreamTlsRt>>,
+    /// Identity of the TLS settings (0 = plain), part of the pool key; stable across reloads.
+    pub(crate) tls_tag: u64,
 }
 
 /// Pool limits.
@@ -81,7 +85,7 @@ impl ClusterRt {
         endpoints: &mut HashMap<SocketAddr, Arc<EndpointRt>>,
         previous: &HashMap<SocketAddr, Arc<EndpointRt>>,
         pool: PoolSettings,
-    ) -> ClusterRt {
+    ) -> Result<ClusterRt, CompileError> {
         let mut eps = Vec::with_capacity(c.endpoints.len());
         let mut primary = Vec::new();
         let mut fallback = Vec::new();
@@ -106,7 +110,15 @@ impl ClusterRt {
             }
             eps.push(ep);
         }
-        ClusterRt {
+        let tls = match &c.tls {
+            Some(t) => Some(Arc::new(crate::upstream_tls::compile(
+                &format!("clusters[{}]", c.name),
+                t,
+                c.protocol,
+            )?)),
+            None => None,
+        };
+        Ok(ClusterRt {
             name: c.name.as_str().into(),
             protocol: c.protocol,
             lb: c.load_balancer,
@@ -116,8 +128,15 @@ impl ClusterRt {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(5000)),
             pool,
             rr: AtomicUsize::new(0),
-            tls: c.tls.is_some(),
-        }
+            tls,
+            tls_tag: c.tls.as_ref().map_or(0, |t| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                serde_json::to_string(t).unwrap_or_default().hash(&mut h);
+                (c.protocol as u8).hash(&mut h);
+                h.finish() | 1
+            }),
+        })
     }
 
     /// Chooses an endpoint, avoiding `avoid` when another one is available.
@@ -240,20 +259,24 @@ fn coarse_ms() -> u64 {
     })
 }
 
+/// Pools are per endpoint address and TLS identity: connections opened with one cluster's TLS
+/// settings are never handed to another cluster with different ones.
+pub(crate) type PoolKey = (SocketAddr, u64);
+
 #[derive(Default)]
 struct Pool {
-    h1: FxHashMap<SocketAddr, Vec<Idle>>,
-    h2: FxHashMap<SocketAddr, H2>,
+    h1: FxHashMap<PoolKey, Vec<Idle>>,
+    h2: FxHashMap<PoolKey, H2>,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-fn checkout_h1(addr: SocketAddr, idle_timeout: Duration) -> Option<H1Conn> {
+fn checkout_h1(key: PoolKey, idle_timeout: Duration) -> Option<H1Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1.get_mut(&addr)?;
+        let list = p.h1.get_mut(&key)?;
         while let Some(idle) = list.pop() {
             let idle_ms = coarse_ms().saturating_sub(idle.since_ms);
             if idle_ms < idle_timeout.as_millis() as u64 && idle.conn.is_reusable() {
@@ -265,10 +288,10 @@ fn checkout_h1(addr: SocketAddr, idle_timeout: Duration) -> Option<H1Conn> {
 }
 
 /// Returns an idle HTTP/1.1 connection to this worker's pool.
-pub(crate) fn checkin_h1(addr: SocketAddr, conn: H1Conn, max_idle: usize) {
+pub(crate) fn checkin_h1(key: PoolKey, conn: H1Conn, max_idle: usize) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1.entry(addr).or_default();
+        let list = p.h1.entry(key).or_default();
         if list.len() < max_idle {
             list.push(Idle {
                 conn,
@@ -293,18 +316,28 @@ impl Drop for Done {
     }
 }
 
-async fn connect_tcp(cluster: &ClusterRt, addr: SocketAddr) -> Result<TcpStream, HttpError> {
-    match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await {
+/// TCP connect, then the TLS handshake when the cluster has TLS, within the connect timeout.
+async fn connect_tcp(cluster: &ClusterRt, addr: SocketAddr) -> Result<UpStream, HttpError> {
+    let fut = async {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        match &cluster.tls {
+            None => Ok(UpStream::Plain(s)),
+            Some(t) => t
+                .connector
+                .connect(t.server_name.clone(), s)
+                .await
+                .map(|s| UpStream::Tls(Box::new(s))),
+        }
+    };
+    match tokio::time::timeout(cluster.connect_timeout, fut).await {
         Err(_) => Err(HttpError::new(ErrorKind::ConnectTimeout)
             .retry(RetryType::Safe)
             .because(format!("connect to {addr} timed out"))),
         Ok(Err(e)) => Err(HttpError::new(ErrorKind::ConnectFailed)
             .retry(RetryType::Safe)
             .because(format!("connect to {addr}: {e}"))),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+        Ok(Ok(s)) => Ok(s),
     }
 }
 
@@ -375,13 +408,6 @@ pub(crate) async fn send(
     ep.inflight.fetch_add(1, Ordering::Relaxed);
     let done = Done { ep: ep.clone() };
     let addr = ep.addr;
-    if cluster.tls {
-        return Err((
-            HttpError::new(ErrorKind::UpstreamProtocol)
-                .because("TLS to upstream endpoints is not supported yet"),
-            Some(req),
-        ));
-    }
     match cluster.protocol {
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             // Boxed: hyper's futures are large and this path is not the common one; the
@@ -399,32 +425,33 @@ async fn send_h2(
     mut req: Request<ReqBody>,
     done: Done,
 ) -> Result<Sent, (HttpError, Option<Request<ReqBody>>)> {
+    let key = (addr, cluster.tls_tag);
     {
         {
             for attempt in 0..2 {
                 let existing = POOL.with(|p| {
                     let p = p.borrow();
-                    p.h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()
+                    p.h2.get(&key).filter(|tx| !tx.is_closed()).cloned()
                 });
                 let mut tx = match existing {
                     Some(tx) => tx,
                     None => match connect_h2(cluster, addr).await {
                         Ok(tx) => {
-                            POOL.with(|p| p.borrow_mut().h2.insert(addr, tx.clone()));
+                            POOL.with(|p| p.borrow_mut().h2.insert(key, tx.clone()));
                             tx
                         }
                         Err(e) => return Err((e, Some(req))),
                     },
                 };
                 if tx.ready().await.is_err() {
-                    POOL.with(|p| p.borrow_mut().h2.remove(&addr));
+                    POOL.with(|p| p.borrow_mut().h2.remove(&key));
                     continue;
                 }
                 match tx.try_send_request(req).await {
                     Ok(response) => return Ok(hyper_response(response, done)),
                     Err(mut e) => match e.take_message() {
                         Some(r) if attempt == 0 => {
-                            POOL.with(|p| p.borrow_mut().h2.remove(&addr));
+                            POOL.with(|p| p.borrow_mut().h2.remove(&key));
                             req = r;
                         }
                         msg => return Err((protocol_error(e.into_error()), msg)),
@@ -476,7 +503,8 @@ async fn send_h1(
     let addr = ep.addr;
     {
         {
-            let pooled = checkout_h1(addr, cluster.pool.idle_timeout);
+            let key = (addr, cluster.tls_tag);
+            let pooled = checkout_h1(key, cluster.pool.idle_timeout);
             let mut conn = match pooled {
                 Some(c) => c,
                 None => match Box::pin(connect_tcp(cluster, addr)).await {
@@ -499,7 +527,7 @@ async fn send_h1(
                 b => b,
             };
             let replayable = matches!(body, ReqBody::Empty | ReqBody::Full(None));
-            let pool = (addr, cluster.pool.max_idle);
+            let pool = (key, cluster.pool.max_idle);
             match h1client::send(conn, wire, body, chunked, head_only, done, pool).await {
                 Ok(r) => Ok(Sent {
                     response: r.map(ProxyBody::H1),

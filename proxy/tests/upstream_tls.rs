@@ -1,0 +1,185 @@
+//! TLS to upstream endpoints (BackendTLSPolicy): HTTP/1.1 and HTTP/2 over TLS, verification by
+//! SNI or subject alternative names, and failures when the name or CA does not match.
+
+mod common;
+use common::*;
+use sluice_ir::*;
+use sluice_proxy::test_util::*;
+use std::sync::Arc;
+
+/// An HTTPS upstream (ALPN h2 and http/1.1) answering "tls:<protocol>:<path>".
+async fn tls_upstream(names: &[&str]) -> (std::net::SocketAddr, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert_pem = ck.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("tls:{:?}:{}", req.version(), req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (addr, cert_pem)
+}
+
+fn tls_cluster(
+    name: &str,
+    addr: std::net::SocketAddr,
+    ca: &str,
+    sni: &str,
+    sans: &[&str],
+    proto: UpstreamProtocol,
+) -> Cluster {
+    let mut c = cluster(name, &[addr]);
+    c.protocol = proto;
+    c.tls = Some(UpstreamTls {
+        sni: sni.into(),
+        ca_pem: Some(ca.into()),
+        subject_alt_names: sans
+            .iter()
+            .map(|s| SubjectAltName::Hostname(s.to_string()))
+            .collect(),
+        client_certificate: None,
+        alpn: vec![],
+    });
+    c
+}
+
+#[tokio::test]
+async fn tls_to_upstreams() {
+    let (addr, ca) = tls_upstream(&["backend.internal", "alt.internal"]).await;
+    let (_, other_ca) = tls_upstream(&["backend.internal"]).await;
+    let port = free_port();
+    let routes = vec![
+        route("h1").prefix("/h1").backend("h1", 1).build(),
+        route("h2").prefix("/h2").backend("h2", 1).build(),
+        route("san").prefix("/san").backend("san", 1).build(),
+        route("wrong-name")
+            .prefix("/wrong-name")
+            .backend("wrong-name", 1)
+            .build(),
+        route("wrong-ca")
+            .prefix("/wrong-ca")
+            .backend("wrong-ca", 1)
+            .build(),
+    ];
+    let clusters = vec![
+        tls_cluster(
+            "h1",
+            addr,
+            &ca,
+            "backend.internal",
+            &[],
+            UpstreamProtocol::Http1,
+        ),
+        tls_cluster(
+            "h2",
+            addr,
+            &ca,
+            "backend.internal",
+            &[],
+            UpstreamProtocol::H2,
+        ),
+        tls_cluster(
+            "san",
+            addr,
+            &ca,
+            "ignored.example",
+            &["nope.internal", "alt.internal"],
+            UpstreamProtocol::Http1,
+        ),
+        tls_cluster(
+            "wrong-name",
+            addr,
+            &ca,
+            "other.internal",
+            &[],
+            UpstreamProtocol::Http1,
+        ),
+        tls_cluster(
+            "wrong-ca",
+            addr,
+            &other_ca,
+            "backend.internal",
+            &[],
+            UpstreamProtocol::Http1,
+        ),
+    ];
+    let s = snapshot(
+        vec![http_listener(port, vec![vhost("*", routes)])],
+        clusters,
+    );
+    let _p = start(s).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, port, "h", "/h1").await.text(), "tls:HTTP/1.1:/h1");
+        assert_eq!(get(&c, port, "h", "/h2").await.text(), "tls:HTTP/2.0:/h2");
+        assert_eq!(get(&c, port, "h", "/san").await.text(), "tls:HTTP/1.1:/san");
+    }
+    assert_eq!(get(&c, port, "h", "/wrong-name").await.status, 502);
+    assert_eq!(get(&c, port, "h", "/wrong-ca").await.status, 502);
+}
+
+#[tokio::test]
+async fn upstream_tls_without_ca_is_rejected() {
+    let port = free_port();
+    let mut c = cluster("c", &[std::net::SocketAddr::from(([127, 0, 0, 1], 1))]);
+    c.tls = Some(UpstreamTls {
+        sni: "x".into(),
+        ca_pem: None,
+        subject_alt_names: vec![],
+        client_certificate: None,
+        alpn: vec![],
+    });
+    let s = snapshot(
+        vec![http_listener(
+            port,
+            vec![vhost("*", vec![route("r").backend("c", 1).build()])],
+        )],
+        vec![c],
+    );
+    let p = sluice_proxy::Proxy::start(sluice_proxy::ProxyOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let rep = p.apply(s).await;
+    assert!(!rep.applied);
+    assert!(
+        rep.validation_errors[0]
+            .to_string()
+            .contains("clusters[c].tls"),
+        "{rep:?}"
+    );
+}
