@@ -4,7 +4,7 @@
 
 use super::conditions::{self as c, Problem, reason};
 use super::gateway::{AllowedNamespaces, Gateways, RouteKind};
-use super::{Age, Ctx, GATEWAY_GROUP, Out, convert, generation, hostname, object_ref};
+use super::{Age, Ctx, GATEWAY_GROUP, Out, generation, hostname, object_ref};
 use sluice_ir::ObjectRef;
 use sluice_ir::status::{ParentRef, RouteParentStatus};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +31,26 @@ pub struct ParentRefSpec {
     #[serde(default)]
     pub port: Option<i32>,
 }
+
+/// The `ParentRefSpec`s of a route's `spec.parentRefs` (every route kind's generated type has
+/// the same fields).
+macro_rules! parent_refs {
+    ($refs:expr) => {
+        $refs
+            .iter()
+            .flatten()
+            .map(|p| $crate::translate::attach::ParentRefSpec {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+pub(crate) use parent_refs;
 
 /// The route being attached.
 #[derive(Debug, Clone)]
@@ -248,13 +268,7 @@ pub(crate) fn http_grpc_conflicts(ctx: &Ctx<'_>, gws: &mut Gateways) {
         }
     };
     for r in ctx.res.http_routes.values() {
-        let refs: Vec<ParentRefSpec> = r
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(convert)
-            .collect();
+        let refs = parent_refs!(r.spec.parent_refs);
         collect(
             RouteKind::Http,
             object_ref("HTTPRoute", &r.metadata),
@@ -265,13 +279,7 @@ pub(crate) fn http_grpc_conflicts(ctx: &Ctx<'_>, gws: &mut Gateways) {
         );
     }
     for r in ctx.res.grpc_routes.values() {
-        let refs: Vec<ParentRefSpec> = r
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(convert)
-            .collect();
+        let refs = parent_refs!(r.spec.parent_refs);
         collect(
             RouteKind::Grpc,
             object_ref("GRPCRoute", &r.metadata),

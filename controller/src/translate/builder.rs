@@ -12,6 +12,7 @@ use sluice_ir::{
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 /// Sort key of an HTTP route entry inside a virtual host; smaller sorts first. Exact path,
 /// then regular expression path, then prefix path by length (characters); then a method
@@ -24,15 +25,15 @@ pub struct Precedence {
     no_method: bool,
     headers: Reverse<usize>,
     query_params: Reverse<usize>,
-    age: Age,
-    kind: String,
+    age: Rc<Age>,
+    kind: Rc<str>,
     rule: u32,
     matcher: u32,
 }
 
 impl Precedence {
     /// The key of an entry.
-    pub fn of(route: &HttpRoute, age: &Age) -> Self {
+    pub fn of(route: &HttpRoute, age: &Rc<Age>, kind: &Rc<str>) -> Self {
         let (path_class, prefix_len) = match &route.matcher.path {
             PathMatch::Exact(_) => (0, 0),
             PathMatch::Regex(_) => (1, 0),
@@ -45,7 +46,7 @@ impl Precedence {
             headers: Reverse(route.matcher.headers.len()),
             query_params: Reverse(route.matcher.query_params.len()),
             age: age.clone(),
-            kind: route.id.route.kind.clone(),
+            kind: kind.clone(),
             rule: route.id.rule,
             matcher: route.id.matcher,
         }
@@ -386,8 +387,8 @@ mod tests {
         }
     }
 
-    fn age(name: &str, t: Option<i64>) -> Age {
-        Age {
+    fn age(name: &str, t: Option<i64>) -> Rc<Age> {
+        Rc::new(Age {
             created: t.map(|s| {
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     k8s_openapi::jiff::Timestamp::from_second(s).unwrap(),
@@ -395,7 +396,11 @@ mod tests {
             }),
             namespace: "ns".into(),
             name: name.into(),
-        }
+        })
+    }
+
+    fn p(r: &HttpRoute, a: &Rc<Age>) -> Precedence {
+        Precedence::of(r, a, &Rc::from(r.id.route.kind.as_str()))
     }
 
     #[test]
@@ -448,12 +453,7 @@ mod tests {
         ];
         let mut keyed: Vec<_> = cases
             .iter()
-            .map(|(r, a)| {
-                (
-                    Precedence::of(r, a),
-                    format!("{}#{}", r.id.route.name, r.id.rule),
-                )
-            })
+            .map(|(r, a)| (p(r, a), format!("{}#{}", r.id.route.name, r.id.rule)))
             .collect();
         keyed.sort();
         let order: Vec<_> = keyed.into_iter().map(|(_, n)| n).collect();
@@ -489,18 +489,12 @@ mod tests {
         let r = entry("r", PathMatch::Prefix("/".into()), false, 0, 0);
         let a = age("r", None);
         // Through the empty-hostname listener, for a host the wildcard listener covers.
-        b.http(&k, "x.example.com", None, Precedence::of(&r, &a), r.clone());
+        b.http(&k, "x.example.com", None, p(&r, &a), r.clone());
         // Through the empty-hostname listener, for an uncovered host.
-        b.http(&k, "bar.com", None, Precedence::of(&r, &a), r.clone());
+        b.http(&k, "bar.com", None, p(&r, &a), r.clone());
         // Through the wildcard listener.
         let r2 = entry("r2", PathMatch::Prefix("/".into()), false, 0, 0);
-        b.http(
-            &k,
-            "*.example.com",
-            Some("*.example.com"),
-            Precedence::of(&r2, &a),
-            r2,
-        );
+        b.http(&k, "*.example.com", Some("*.example.com"), p(&r2, &a), r2);
         assert!(
             b.listener(addr, 80, Protocol::Tcp, src("tcp"), None)
                 .is_err()
@@ -536,9 +530,9 @@ mod tests {
         let w = entry("w", PathMatch::Prefix("/".into()), false, 0, 0);
         let any = entry("any", PathMatch::Exact("/x".into()), false, 0, 0);
         let age_ = age("x", None);
-        b.http(&k, "a.example.com", None, Precedence::of(&a, &age_), a);
-        b.http(&k, "*.example.com", None, Precedence::of(&w, &age_), w);
-        b.http(&k, "*", None, Precedence::of(&any, &age_), any);
+        b.http(&k, "a.example.com", None, p(&a, &age_), a);
+        b.http(&k, "*.example.com", None, p(&w, &age_), w);
+        b.http(&k, "*", None, p(&any, &age_), any);
         let ls = b.finish();
         let hosts: Vec<(&str, Vec<&str>)> = ls[0]
             .virtual_hosts

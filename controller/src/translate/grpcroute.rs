@@ -1,7 +1,7 @@
 //! GRPCRoute: gRPC method matches become path matches on `/service/method`; entries are
 //! marked `grpc` and reach their backends over HTTP/2 (h2c unless a BackendTLSPolicy applies).
 
-use super::attach::{self, ParentRefSpec, RouteInfo, RouteVerdict};
+use super::attach::{self, RouteInfo, RouteVerdict};
 use super::backends::{Need, ROUTE_GROUP, Referrer};
 use super::conditions::{Problem, reason};
 use super::gateway::{Gateways, RouteKind};
@@ -22,13 +22,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         let generation = generation(&route.metadata);
         let (hostnames, host_problem) =
             httproute::valid_hostnames(route.spec.hostnames.as_deref().unwrap_or_default());
-        let refs: Vec<ParentRefSpec> = route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(convert)
-            .collect();
+        let refs = attach::parent_refs!(route.spec.parent_refs);
         let info = RouteInfo {
             kind: RouteKind::Grpc,
             object: object.clone(),

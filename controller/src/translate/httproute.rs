@@ -1,7 +1,7 @@
 //! HTTPRoute: rules to IR route entries (matches, filters, backends, timeouts, retries),
 //! attached to listeners and virtual hosts.
 
-use super::attach::{self, Attachment, ParentRefSpec, RouteInfo, RouteVerdict};
+use super::attach::{self, Attachment, RouteInfo, RouteVerdict};
 use super::backends::{self, BackendRef, Need, ROUTE_GROUP, Referrer};
 use super::builder::Precedence;
 use super::conditions::{Problem, reason};
@@ -39,13 +39,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         let generation = generation(&route.metadata);
         let (hostnames, host_problem) =
             valid_hostnames(route.spec.hostnames.as_deref().unwrap_or_default());
-        let refs: Vec<ParentRefSpec> = route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(convert)
-            .collect();
+        let refs = attach::parent_refs!(route.spec.parent_refs);
         let info = RouteInfo {
             kind: RouteKind::Http,
             object: object.clone(),
@@ -97,10 +91,22 @@ pub(crate) fn emit(
     rules: &[CompiledRule],
     age: &Age,
 ) {
+    let age = std::rc::Rc::new(age.clone());
+    let mut kinds: Vec<std::rc::Rc<str>> = Vec::new();
     let entries: Vec<(Precedence, &ir::HttpRoute)> = rules
         .iter()
         .flat_map(|r| r.entries.iter())
-        .map(|e| (Precedence::of(e, age), e))
+        .map(|e| {
+            let kind = match kinds.iter().find(|k| &k[..] == e.id.route.kind.as_str()) {
+                Some(k) => k.clone(),
+                None => {
+                    let k: std::rc::Rc<str> = e.id.route.kind.as_str().into();
+                    kinds.push(k.clone());
+                    k
+                }
+            };
+            (Precedence::of(e, &age, &kind), e)
+        })
         .collect();
     for att in accepted {
         let gateway = gws.list[att.gateway].object.clone();

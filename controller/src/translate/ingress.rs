@@ -72,7 +72,8 @@ pub(crate) fn process(ctx: &Ctx<'_>, _gws: &Gateways, out: &mut Out) {
 fn translate_one(ctx: &Ctx<'_>, out: &mut Out, ing: &Ingress, address: Option<IpAddr>) {
     let object = object_ref("Ingress", &ing.metadata);
     let generation = generation(&ing.metadata);
-    let age = Age::of(&ing.metadata);
+    let age = std::rc::Rc::new(Age::of(&ing.metadata));
+    let kind: std::rc::Rc<str> = "Ingress".into();
     let ns = object.namespace.clone();
     let from = Referrer {
         kind: "Ingress",
@@ -280,7 +281,7 @@ fn translate_one(ctx: &Ctx<'_>, out: &mut Out, ing: &Ingress, address: Option<Ip
                     out.ir.certificates(&key, &certificates);
                     for (h, e) in &entries {
                         out.ir
-                            .http(&key, h, None, Precedence::of(e, &age), e.clone());
+                            .http(&key, h, None, Precedence::of(e, &age, &kind), e.clone());
                     }
                 }
             }

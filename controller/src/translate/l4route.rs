@@ -38,13 +38,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         inputs.push(L4Input {
             kind: RouteKind::Tcp,
             meta: &r.metadata,
-            parent_refs: r
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .filter_map(convert)
-                .collect(),
+            parent_refs: attach::parent_refs!(r.spec.parent_refs),
             rules: r
                 .spec
                 .rules
@@ -62,13 +56,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         inputs.push(L4Input {
             kind: RouteKind::Udp,
             meta: &r.metadata,
-            parent_refs: r
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .filter_map(convert)
-                .collect(),
+            parent_refs: attach::parent_refs!(r.spec.parent_refs),
             rules: r
                 .spec
                 .rules

@@ -1,11 +1,11 @@
 //! TLSRoute: SNI hostnames to backends on TLS listeners (passthrough, or terminate and
 //! forward the plain stream).
 
-use super::attach::{self, ParentRefSpec, RouteInfo, RouteVerdict};
+use super::attach::{self, RouteInfo, RouteVerdict};
 use super::backends::{self, BackendRef, Need, ROUTE_GROUP, Referrer};
 use super::gateway::{Gateways, RouteKind};
 use super::httproute::valid_hostnames;
-use super::{Age, Ctx, Out, convert, generation, object_ref};
+use super::{Age, Ctx, Out, generation, object_ref};
 use sluice_ir::{ListenerSource, RouteId, TlsRoute, WeightedBackend};
 
 /// Translates every TLSRoute.
@@ -14,13 +14,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         let object = object_ref("TLSRoute", &route.metadata);
         let generation = generation(&route.metadata);
         let (hostnames, host_problem) = valid_hostnames(&route.spec.hostnames);
-        let refs: Vec<ParentRefSpec> = route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(convert)
-            .collect();
+        let refs = attach::parent_refs!(route.spec.parent_refs);
         let info = RouteInfo {
             kind: RouteKind::Tls,
             object: object.clone(),
