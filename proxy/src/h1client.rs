@@ -277,9 +277,13 @@ enum Parsed {
 /// the stack, never in the request's future).
 fn parse_response(conn: &mut H1Conn, head_only: bool) -> Result<Parsed, SendError> {
     let fail = |e: BoxError| SendError::Failed(proto_err(e, RetryType::Policy));
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(&conn.buf) {
+    // Uninitialized header slots: no 4 KiB memset per response.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => return Err(fail(e.into())),
