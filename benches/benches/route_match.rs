@@ -120,7 +120,10 @@ fn bench(c: &mut Criterion) {
             query: None,
             headers: &headers,
         };
-        assert_eq!(router.find(&miss).expect("catch-all").id.route.name, "items");
+        assert_eq!(
+            router.find(&miss).expect("catch-all").id.route.name,
+            "items"
+        );
         g.bench_with_input(BenchmarkId::new("catch_all_regex", n), &miss, |b, head| {
             b.iter(|| black_box(router.find(black_box(head))).is_some())
         });
