@@ -220,6 +220,12 @@ impl Proxy {
             }
             let addr = SocketAddr::new(l.address, l.port);
             let workers = self.inner.workers.lock().expect("workers lock").clone();
+            if workers.is_empty() {
+                report
+                    .listener_errors
+                    .insert(l.name.clone(), "the proxy is shut down".into());
+                continue;
+            }
             match server::bind(addr, workers.len()) {
                 Ok(sockets) => {
                     let shared = ListenerShared::new(rt, self.inner.metrics.clone(), settings);
