@@ -358,3 +358,46 @@ async fn upstream_pool_survives_reloads() {
         "upstream connection reused across reloads"
     );
 }
+
+#[tokio::test]
+async fn open_connections_survive_reloads_and_see_new_routes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = echo("p").await;
+    let port = free_port();
+    let p = start(snap(port, 1, "before", &e)).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    async fn roundtrip(s: &mut tokio::net::TcpStream) -> String {
+        s.write_all(b"GET /keep HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed by the proxy");
+            buf.extend_from_slice(&chunk[..n]);
+            let t = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(i) = t.find("\r\n\r\n") {
+                let cl: usize = t[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if buf.len() >= i + 4 + cl {
+                    return t[i + 4..].to_string();
+                }
+            }
+        }
+    }
+    let first: Echoed = serde_json::from_str(&roundtrip(&mut s).await).unwrap();
+    assert_eq!(first.header("x-version"), Some("before"));
+    assert!(p.apply(snap(port, 2, "after", &e)).await.applied);
+    // Same TCP connection, next request: served with the new snapshot.
+    let second: Echoed = serde_json::from_str(&roundtrip(&mut s).await).unwrap();
+    assert_eq!(second.header("x-version"), Some("after"));
+}
