@@ -179,17 +179,21 @@ impl Proxy {
         };
 
         // Remove listeners that are gone (or no longer servable).
-        let servable =
-            |p: ListenerProtocol| matches!(p, ListenerProtocol::Http | ListenerProtocol::Https);
-        let keep: HashMap<&str, ListenerProtocol> = snapshot
+        // HTTPS without certificates would only carry TLS passthrough routes, not served yet.
+        let servable = |l: &sluice_ir::Listener| match l.protocol {
+            ListenerProtocol::Http => true,
+            ListenerProtocol::Https => l.tls.as_ref().is_some_and(|t| !t.certificates.is_empty()),
+            _ => false,
+        };
+        let keep: HashMap<&str, bool> = snapshot
             .listeners
             .iter()
-            .map(|l| (l.name.as_str(), l.protocol))
+            .map(|l| (l.name.as_str(), servable(l)))
             .collect();
         let removed: Vec<String> = ctl
             .listeners
             .keys()
-            .filter(|n| keep.get(n.as_str()).is_none_or(|p| !servable(*p)))
+            .filter(|n| !keep.get(n.as_str()).copied().unwrap_or(false))
             .cloned()
             .collect();
         for name in removed {
@@ -204,14 +208,17 @@ impl Proxy {
 
         for l in &snapshot.listeners {
             let rt = compiled.listeners[&l.name].clone();
-            if !servable(l.protocol) {
-                report.listener_errors.insert(
-                    l.name.clone(),
-                    format!(
-                        "protocol {:?} is not served by the L7 proxy yet",
-                        l.protocol
+            if !servable(l) {
+                let why = match l.protocol {
+                    ListenerProtocol::Https => {
+                        "HTTPS without certificates (TLS passthrough only) is not served yet".into()
+                    }
+                    p => format!(
+                        "protocol {} is not served by the L7 proxy yet",
+                        format!("{p:?}").to_uppercase()
                     ),
-                );
+                };
+                report.listener_errors.insert(l.name.clone(), why);
                 continue;
             }
             if let Some(live) = ctl.listeners.get(&l.name) {

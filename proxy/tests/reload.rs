@@ -401,3 +401,45 @@ async fn open_connections_survive_reloads_and_see_new_routes() {
     let second: Echoed = serde_json::from_str(&roundtrip(&mut s).await).unwrap();
     assert_eq!(second.header("x-version"), Some("after"));
 }
+
+#[tokio::test]
+async fn listeners_not_served_yet_are_reported() {
+    let e = echo("p").await;
+    let port = free_port();
+    let mut s = snap(port, 1, "x", &e);
+    let tcp_port = free_port();
+    let tcp = Listener::new(LOCALHOST, tcp_port, ListenerProtocol::Tcp);
+    let mut passthrough = Listener::new(LOCALHOST, free_port(), ListenerProtocol::Https);
+    passthrough.tls_routes.push(TlsRoute {
+        id: RouteId {
+            route: ObjectRef::new("TLSRoute", "default", "t"),
+            rule: 0,
+            matcher: 0,
+            rule_name: None,
+        },
+        hostnames: vec!["t.example".into()],
+        mode: TlsMode::Passthrough,
+        backends: vec![],
+    });
+    let (tcp_name, pt_name) = (tcp.name.clone(), passthrough.name.clone());
+    s.listeners.extend([tcp, passthrough]);
+    s.listeners.sort_by(|x, y| x.name.cmp(&y.name));
+    let p = Proxy::start(ProxyOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let rep = p.apply(s).await;
+    assert!(rep.applied, "{rep:?}");
+    assert!(rep.listener_errors[&tcp_name].contains("TCP"), "{rep:?}");
+    assert!(
+        rep.listener_errors[&pt_name].contains("passthrough"),
+        "{rep:?}"
+    );
+    assert_eq!(rep.listener_errors.len(), 2);
+    assert_eq!(get(&client(), port, "h", "/").await.status, 200);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_err(),
+        "not bound"
+    );
+}
