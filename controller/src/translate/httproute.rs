@@ -792,12 +792,36 @@ impl RuleCompiler<'_, '_, '_> {
                 HttpRouteRulesFiltersType::Cors => {
                     once("CORS", &f)?;
                     let c = flt.cors.as_ref().ok_or_else(|| missing("CORS"))?;
+                    let invalid = FilterError::Invalid;
+                    let origins = c
+                        .allow_origins
+                        .iter()
+                        .flatten()
+                        .map(|o| cors_origin(o, &format!("{f}.cors.allowOrigins")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(invalid)?;
+                    let tokens = |list: &Option<Vec<String>>, what: &str| {
+                        list.iter()
+                            .flatten()
+                            .map(|h| {
+                                if h == "*" {
+                                    Ok(h.clone())
+                                } else {
+                                    header_name(h, &format!("{f}.cors.{what}")).map(|_| h.clone())
+                                }
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(invalid)
+                    };
+                    let allow_methods = tokens(&c.allow_methods, "allowMethods")?;
+                    let allow_headers = tokens(&c.allow_headers, "allowHeaders")?;
+                    let expose_headers = tokens(&c.expose_headers, "exposeHeaders")?;
                     out.push(HttpFilter::Cors(Cors {
-                        allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                        allow_origins: origins,
                         allow_credentials: c.allow_credentials.unwrap_or(false),
-                        allow_methods: c.allow_methods.clone().unwrap_or_default(),
-                        allow_headers: c.allow_headers.clone().unwrap_or_default(),
-                        expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                        allow_methods,
+                        allow_headers,
+                        expose_headers,
                         max_age_seconds: c.max_age.and_then(|a| u32::try_from(a).ok()),
                     }));
                 }
@@ -856,6 +880,53 @@ fn weight(w: Option<i32>) -> u32 {
     w.map(|w| w.max(0) as u32).unwrap_or(1)
 }
 
+/// A header value: visible ASCII, spaces and tabs (no line breaks or other control
+/// characters).
+pub(crate) fn header_value(v: &str, field: &str) -> Result<String, Problem> {
+    if v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        Ok(v.to_string())
+    } else {
+        Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("{field}: {v:?} is not a valid header value (visible ASCII only)"),
+        ))
+    }
+}
+
+/// A CORS origin: `*`, or `http(s)://host[:port]` where the host may start with a `*` label.
+fn cors_origin(o: &str, field: &str) -> Result<String, Problem> {
+    let bad = || {
+        Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!(
+                "{field}: {o:?} is not \"*\" or scheme://host[:port] with scheme http or https"
+            ),
+        )
+    };
+    if o == "*" {
+        return Ok(o.to_string());
+    }
+    let (scheme, rest) = o.split_once("://").ok_or_else(bad)?;
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.*[]:".contains(&b));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if host_ok && port_ok {
+        Ok(o.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
 /// A header modifier with lower-case names.
 pub(crate) fn header_modifier<'a>(
     set: impl Iterator<Item = (&'a str, &'a str)>,
@@ -866,7 +937,7 @@ pub(crate) fn header_modifier<'a>(
     let hv = |(n, v): (&str, &str), what: &str| -> Result<HeaderValue, Problem> {
         Ok(HeaderValue {
             name: header_name(n, &format!("{field}.{what}"))?,
-            value: v.to_string(),
+            value: header_value(v, &format!("{field}.{what}"))?,
         })
     };
     let mut m = HeaderModifier::default();
