@@ -167,7 +167,7 @@ pub(crate) async fn send(
     chunked: bool,
     head_only: bool,
     done: Done,
-    pool: (crate::upstream::PoolKey, usize),
+    pool: crate::upstream::PoolReturn,
 ) -> Result<Response<H1Body>, SendError> {
     let reused = conn.uses > 0;
     conn.uses += 1;
@@ -370,7 +370,7 @@ pub struct H1Body {
     /// Releases the endpoint's request count.
     done: Option<Done>,
     /// Pool to return the connection to: endpoint address and idle limit.
-    pool: Option<(crate::upstream::PoolKey, usize)>,
+    pool: Option<crate::upstream::PoolReturn>,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -401,9 +401,9 @@ impl H1Body {
             && complete
             && self.keep_alive
             && conn.buf.is_empty()
-            && let Some((key, max)) = self.pool.take()
+            && let Some(to) = self.pool.take()
         {
-            crate::upstream::checkin_h1(key, conn, max);
+            crate::upstream::checkin_h1(to, conn);
         }
         self.done = None;
     }

@@ -61,6 +61,9 @@ pub struct ProxyOptions {
     pub upstream_idle_timeout: Duration,
     /// Idle upstream HTTP/1.1 connections kept per endpoint and worker (default 256).
     pub max_idle_per_endpoint: usize,
+    /// How often each worker closes expired or dead idle upstream connections and forgets the
+    /// pools of endpoints that are gone (default 5 s).
+    pub pool_sweep_interval: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -71,6 +74,7 @@ impl Default for ProxyOptions {
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 256,
+            pool_sweep_interval: Duration::from_secs(5),
         }
     }
 }
@@ -128,7 +132,7 @@ impl Proxy {
         let mut senders = Vec::with_capacity(opts.workers);
         let mut threads = Vec::with_capacity(opts.workers);
         for i in 0..opts.workers {
-            let (tx, handle) = server::spawn_worker(i)
+            let (tx, handle) = server::spawn_worker(i, opts.pool_sweep_interval)
                 .map_err(|source| ProxyError::Worker { worker: i, source })?;
             senders.push(tx);
             threads.push(handle);

@@ -95,6 +95,7 @@ pub(crate) enum Command {
 /// Starts a worker thread.
 pub(crate) fn spawn_worker(
     index: usize,
+    sweep: Duration,
 ) -> std::io::Result<(mpsc::UnboundedSender<Command>, std::thread::JoinHandle<()>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -104,6 +105,14 @@ pub(crate) fn spawn_worker(
         .name(format!("sluice-worker-{index}"))
         .spawn(move || {
             rt.block_on(async move {
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(sweep);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        crate::upstream::sweep_pools();
+                    }
+                });
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
                         Command::Serve(shared, sock) => match tokio::net::TcpListener::from_std(sock)

@@ -236,17 +236,34 @@ type H2 = http2::SendRequest<ReqBody>;
 
 struct Idle {
     conn: H1Conn,
-    /// When it went idle, in coarse milliseconds of this worker's clock.
-    since_ms: u64,
+    /// When it stops being reusable, in coarse milliseconds of this worker's clock.
+    expires_ms: u64,
 }
 
-/// A coarse per-worker clock in milliseconds: one `clock_gettime` per 64 reads.
+/// Where a finished HTTP/1.1 exchange returns its connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolReturn {
+    pub(crate) key: PoolKey,
+    pub(crate) max_idle: usize,
+    pub(crate) idle_timeout_ms: u64,
+}
+
+thread_local! {
+    static COARSE: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    static EPOCH: Instant = Instant::now();
+}
+
+/// Reads the clock into the coarse clock.
+fn refresh_coarse_ms() -> u64 {
+    let now = EPOCH.with(|e| e.elapsed().as_millis() as u64);
+    COARSE.with(|c| c.set((1, now)));
+    now
+}
+
+/// A coarse per-worker clock in milliseconds: one `clock_gettime` per 64 reads, and at least
+/// every sweep (a few seconds).
 fn coarse_ms() -> u64 {
-    thread_local! {
-        static C: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
-        static EPOCH: Instant = Instant::now();
-    }
-    C.with(|c| {
+    COARSE.with(|c| {
         let (n, ms) = c.get();
         if n % 64 == 0 {
             let now = EPOCH.with(|e| e.elapsed().as_millis() as u64);
@@ -273,13 +290,13 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-fn checkout_h1(key: PoolKey, idle_timeout: Duration) -> Option<H1Conn> {
+fn checkout_h1(key: PoolKey) -> Option<H1Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.h1.get_mut(&key)?;
+        let now = coarse_ms();
         while let Some(idle) = list.pop() {
-            let idle_ms = coarse_ms().saturating_sub(idle.since_ms);
-            if idle_ms < idle_timeout.as_millis() as u64 && idle.conn.is_reusable() {
+            if now < idle.expires_ms && idle.conn.is_reusable() {
                 return Some(idle.conn);
             }
         }
@@ -288,16 +305,30 @@ fn checkout_h1(key: PoolKey, idle_timeout: Duration) -> Option<H1Conn> {
 }
 
 /// Returns an idle HTTP/1.1 connection to this worker's pool.
-pub(crate) fn checkin_h1(key: PoolKey, conn: H1Conn, max_idle: usize) {
+pub(crate) fn checkin_h1(to: PoolReturn, conn: H1Conn) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1.entry(key).or_default();
-        if list.len() < max_idle {
+        let list = p.h1.entry(to.key).or_default();
+        if list.len() < to.max_idle {
             list.push(Idle {
                 conn,
-                since_ms: coarse_ms(),
+                expires_ms: coarse_ms() + to.idle_timeout_ms,
             });
         }
+    });
+}
+
+/// Closes this worker's expired or dead idle connections and forgets empty pools (endpoints
+/// that are gone). Runs every few seconds on each worker; also refreshes the coarse clock.
+pub(crate) fn sweep_pools() {
+    let now = refresh_coarse_ms();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.h1.retain(|_, list| {
+            list.retain(|i| now < i.expires_ms && i.conn.is_reusable());
+            !list.is_empty()
+        });
+        p.h2.retain(|_, tx| !tx.is_closed());
     });
 }
 
@@ -504,7 +535,7 @@ async fn send_h1(
     {
         {
             let key = (addr, cluster.tls_tag);
-            let pooled = checkout_h1(key, cluster.pool.idle_timeout);
+            let pooled = checkout_h1(key);
             let mut conn = match pooled {
                 Some(c) => c,
                 None => match Box::pin(connect_tcp(cluster, addr)).await {
@@ -527,7 +558,11 @@ async fn send_h1(
                 b => b,
             };
             let replayable = matches!(body, ReqBody::Empty | ReqBody::Full(None));
-            let pool = (key, cluster.pool.max_idle);
+            let pool = PoolReturn {
+                key,
+                max_idle: cluster.pool.max_idle,
+                idle_timeout_ms: cluster.pool.idle_timeout.as_millis() as u64,
+            };
             match h1client::send(conn, wire, body, chunked, head_only, done, pool).await {
                 Ok(r) => Ok(Sent {
                     response: r.map(ProxyBody::H1),

@@ -197,3 +197,46 @@ async fn upstream_closing_idle_connections_is_invisible() {
         }
     }
 }
+
+#[tokio::test]
+async fn idle_connections_closed_by_upstreams_are_swept() {
+    // The upstream closes every connection after its response; the pooled socket must not
+    // linger in CLOSE_WAIT until the next request happens to pick it.
+    let addr = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let port = free_port();
+    let s = snapshot(
+        vec![http_listener(
+            port,
+            vec![vhost("*", vec![route("r").backend("c", 1).build()])],
+        )],
+        vec![cluster("c", &[addr])],
+    );
+    let p = sluice_proxy::Proxy::start(sluice_proxy::ProxyOptions {
+        workers: 1,
+        pool_sweep_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.apply(s).await.applied);
+    let c = client();
+    assert_eq!(get(&c, port, "h", "/").await.text(), "ok");
+    let close_wait = || {
+        std::process::Command::new("ss")
+            .args(["-tn", "state", "close-wait", &format!("dst = {addr}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().skip(1).count())
+    };
+    let Ok(_) = close_wait() else {
+        eprintln!("SKIPPED: `ss` (iproute2) is not installed");
+        return;
+    };
+    let mut lingering = usize::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        lingering = close_wait().unwrap();
+        if lingering == 0 {
+            break;
+        }
+    }
+    assert_eq!(lingering, 0, "pooled connections left in CLOSE_WAIT");
+}
