@@ -52,6 +52,25 @@ macro_rules! parent_refs {
 }
 pub(crate) use parent_refs;
 
+/// Adds a parentRef for every default Gateway (`spec.defaultScope: All`) when the route asks
+/// for them (`useDefaultGateways: All`); explicit references to the same Gateway are merged.
+pub(crate) fn with_default_gateways(
+    gws: &Gateways,
+    mut refs: Vec<ParentRefSpec>,
+    use_default: bool,
+) -> Vec<ParentRefSpec> {
+    if use_default {
+        for g in gws.list.iter().filter(|g| g.default_scope_all) {
+            refs.push(ParentRefSpec {
+                namespace: Some(g.object.namespace.clone()),
+                name: g.object.name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    refs
+}
+
 /// The route being attached.
 #[derive(Debug, Clone)]
 pub struct RouteInfo<'a> {
@@ -268,7 +287,14 @@ pub(crate) fn http_grpc_conflicts(ctx: &Ctx<'_>, gws: &mut Gateways) {
         }
     };
     for r in ctx.res.http_routes.values() {
-        let refs = parent_refs!(r.spec.parent_refs);
+        let refs = with_default_gateways(
+            gws,
+            parent_refs!(r.spec.parent_refs),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(sluice_gateway_crds::httproutes::HttpRouteUseDefaultGateways::All)
+            ),
+        );
         collect(
             RouteKind::Http,
             object_ref("HTTPRoute", &r.metadata),
@@ -279,7 +305,14 @@ pub(crate) fn http_grpc_conflicts(ctx: &Ctx<'_>, gws: &mut Gateways) {
         );
     }
     for r in ctx.res.grpc_routes.values() {
-        let refs = parent_refs!(r.spec.parent_refs);
+        let refs = with_default_gateways(
+            gws,
+            parent_refs!(r.spec.parent_refs),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(sluice_gateway_crds::grpcroutes::GrpcRouteUseDefaultGateways::All)
+            ),
+        );
         collect(
             RouteKind::Grpc,
             object_ref("GRPCRoute", &r.metadata),

@@ -244,6 +244,8 @@ pub struct GatewayState {
     /// Extra Gateway conditions (ResolvedRefs for the backend client certificate,
     /// InsecureFrontendValidationMode).
     pub extra_conditions: Vec<Condition>,
+    /// `spec.defaultScope: All`: routes with `useDefaultGateways: All` attach to it.
+    pub default_scope_all: bool,
     /// `spec.tls.backend.clientCertificateRef`, validated: presented to TLS backends.
     pub backend_client_certificate: Option<ServerCertificate>,
     /// The key, for lookups.
@@ -514,6 +516,10 @@ fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> G
         listeners: Vec::new(),
         sets: Vec::new(),
         extra_conditions,
+        default_scope_all: matches!(
+            gw.spec.default_scope,
+            Some(sluice_gateway_crds::gateways::GatewayDefaultScope::All)
+        ),
         backend_client_certificate,
         key: key.clone(),
     }

@@ -39,7 +39,14 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         let generation = generation(&route.metadata);
         let (hostnames, host_problem) =
             valid_hostnames(route.spec.hostnames.as_deref().unwrap_or_default());
-        let refs = attach::parent_refs!(route.spec.parent_refs);
+        let refs = attach::with_default_gateways(
+            gws,
+            attach::parent_refs!(route.spec.parent_refs),
+            matches!(
+                route.spec.use_default_gateways,
+                Some(sluice_gateway_crds::httproutes::HttpRouteUseDefaultGateways::All)
+            ),
+        );
         let info = RouteInfo {
             kind: RouteKind::Http,
             object: object.clone(),

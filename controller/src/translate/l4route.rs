@@ -12,6 +12,8 @@ struct L4Input<'a> {
     kind: RouteKind,
     meta: &'a ObjectMeta,
     parent_refs: Vec<ParentRefSpec>,
+    /// `useDefaultGateways: All`.
+    use_default: bool,
     /// Per rule: name and backend refs (group, kind, name, namespace, port, weight).
     rules: Vec<(Option<String>, Vec<RefIn>)>,
 }
@@ -39,6 +41,10 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
             kind: RouteKind::Tcp,
             meta: &r.metadata,
             parent_refs: attach::parent_refs!(r.spec.parent_refs),
+            use_default: matches!(
+                r.spec.use_default_gateways,
+                Some(sluice_gateway_crds::tcproutes::TcpRouteUseDefaultGateways::All)
+            ),
             rules: r
                 .spec
                 .rules
@@ -57,6 +63,10 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
             kind: RouteKind::Udp,
             meta: &r.metadata,
             parent_refs: attach::parent_refs!(r.spec.parent_refs),
+            use_default: matches!(
+                r.spec.use_default_gateways,
+                Some(sluice_gateway_crds::udproutes::UdpRouteUseDefaultGateways::All)
+            ),
             rules: r
                 .spec
                 .rules
@@ -84,7 +94,8 @@ fn route(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out, input: L4Input<'_>) {
         generation: generation(input.meta),
         hostnames: &[],
     };
-    let attachments = attach::attach(ctx, gws, &info, &input.parent_refs);
+    let refs = attach::with_default_gateways(gws, input.parent_refs.clone(), input.use_default);
+    let attachments = attach::attach(ctx, gws, &info, &refs);
     if attachments.is_empty() {
         return;
     }

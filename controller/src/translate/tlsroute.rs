@@ -14,7 +14,14 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
         let object = object_ref("TLSRoute", &route.metadata);
         let generation = generation(&route.metadata);
         let (hostnames, host_problem) = valid_hostnames(&route.spec.hostnames);
-        let refs = attach::parent_refs!(route.spec.parent_refs);
+        let refs = attach::with_default_gateways(
+            gws,
+            attach::parent_refs!(route.spec.parent_refs),
+            matches!(
+                route.spec.use_default_gateways,
+                Some(sluice_gateway_crds::tlsroutes::TlsRouteUseDefaultGateways::All)
+            ),
+        );
         let info = RouteInfo {
             kind: RouteKind::Tls,
             object: object.clone(),
