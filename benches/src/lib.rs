@@ -1,1 +1,2 @@
-//! Benchmarks.
+//! Sluice's benchmarks: criterion micro-benchmarks (`benches/`) and the `peer-bench` binary that
+//! runs Sluice against nginx and HAProxy (`cargo xtask bench`).

@@ -1,5 +1,6 @@
 //! Sluice's developer tasks: `cargo xtask test|ebpf|bench|codegen`.
 
+mod bench;
 mod ebpf;
 mod test;
 
@@ -12,6 +13,7 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "ebpf" => ebpf::run(&rest),
         "test" => test::main(&rest),
+        "bench" => bench::main(&rest),
         _ => bail!("usage: cargo xtask <test|ebpf|bench|codegen> [ARGS]"),
     }
 }

@@ -1,0 +1,428 @@
+//! `peer-bench`: Sluice, nginx and HAProxy side by side on one machine, each with one worker in
+//! front of the same backend, alternated round by round; writes Markdown, JSON and SVG results.
+//! Run it through `cargo xtask bench`, which installs the peers and load generators and builds
+//! Sluice first.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod load;
+mod peers;
+mod procs;
+mod report;
+mod scenarios;
+mod stats;
+mod svg;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use peers::{Env, Layout, Peer};
+use report::{Baseline, Machine, Report, Versions};
+use scenarios::{Instances, Kind, Outcome, SCENARIOS, ScenarioResult, Settings};
+
+/// Sluice against nginx and HAProxy.
+#[derive(Debug, Parser)]
+#[command(name = "peer-bench")]
+struct Cli {
+    /// Short runs (1 round of 2 s per scenario, fewer trials) for trying things.
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run (default: all; `--list` names them).
+    #[arg(long = "scenario", num_args = 1..)]
+    scenarios: Vec<String>,
+    /// Peers to run, comma-separated (default: sluice,nginx,haproxy).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Rounds per throughput scenario (default 3, quick 1).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per throughput run (default 5, quick 2).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The `sluice` binary to measure.
+    #[arg(long)]
+    sluice: PathBuf,
+    /// Results directory (default: benches/results for a full default run, else
+    /// benches/results/scratch, so partial runs never overwrite the committed results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Keep the scratch directory (configs, logs) after the run.
+    #[arg(long)]
+    keep: bool,
+    /// The command line to print in the report.
+    #[arg(long, default_value = "cargo xtask bench")]
+    command: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.list {
+        print!("{}", scenarios::list());
+        return Ok(());
+    }
+    for name in &cli.scenarios {
+        if !SCENARIOS.iter().any(|s| s.name == name) {
+            bail!(
+                "unknown scenario {name:?}; the scenarios are:\n{}",
+                scenarios::list()
+            );
+        }
+    }
+    let peers: Vec<Peer> = if cli.peers.is_empty() {
+        Peer::ALL.to_vec()
+    } else {
+        let mut v = vec![];
+        for p in &cli.peers {
+            v.push(
+                Peer::parse(p)
+                    .with_context(|| format!("unknown peer {p:?} (sluice, nginx, haproxy)"))?,
+            );
+        }
+        v.sort();
+        v.dedup();
+        v
+    };
+    let selected: Vec<&scenarios::Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| cli.scenarios.is_empty() || cli.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    let settings = if cli.quick {
+        Settings {
+            rounds: cli.rounds.unwrap_or(1),
+            seconds: cli.seconds.unwrap_or(2),
+            warmup_seconds: 1,
+            reload_trials: 2,
+            memory_rounds: 1,
+            quiet_wait_seconds: 30,
+        }
+    } else {
+        Settings {
+            rounds: cli.rounds.unwrap_or(3),
+            seconds: cli.seconds.unwrap_or(5),
+            warmup_seconds: 1,
+            reload_trials: 5,
+            memory_rounds: 2,
+            quiet_wait_seconds: 300,
+        }
+    };
+    let full = !cli.quick
+        && cli.scenarios.is_empty()
+        && peers == Peer::ALL
+        && cli.rounds.is_none()
+        && cli.seconds.is_none();
+    let results_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let out = cli.out.clone().unwrap_or_else(|| {
+        if full {
+            results_root.clone()
+        } else {
+            results_root.join("scratch")
+        }
+    });
+
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"] {
+        if !have(tool) {
+            bail!("{tool} is not installed; `cargo xtask bench` installs the Debian packages");
+        }
+    }
+    let fd_limit = raise_nofile(65_536);
+    check_ports_free()?;
+
+    let machine = machine();
+    let ncpu = machine.nproc;
+    let pin = procs::Pinning::for_cpus(ncpu);
+    let tmp = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let mut env = Env::new(tmp.clone(), pin, cli.sluice.clone(), fd_limit)?;
+    env.quiet_budget
+        .set(std::time::Duration::from_secs(settings.quiet_wait_seconds));
+    eprintln!(
+        "==> {} CPUs ({}); {}; open-file limit {fd_limit}; scratch {}",
+        ncpu,
+        machine.cpu_model,
+        env.pin.describe(),
+        tmp.display()
+    );
+
+    let result = run(&mut env, &peers, &selected, &settings);
+    let ran = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if !cli.keep {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            return Err(e);
+        }
+    };
+
+    let report = Report {
+        started: command_line("date", &["-u", "+%Y-%m-%dT%H:%MZ"]),
+        command: cli.command.clone(),
+        machine,
+        versions: versions(),
+        settings,
+        pinning: env.pin.describe(),
+        baseline: ran.baseline,
+        tls: ran.tls,
+        peers: peers.clone(),
+        not_measured: not_measured(),
+        scenarios: ran.results,
+    };
+    report::write_all(&report, &out)?;
+    println!("{}", report::markdown(&report, ""));
+    eprintln!("==> results written to {}", out.display());
+    if !cli.keep {
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        eprintln!("==> scratch kept in {}", tmp.display());
+    }
+    Ok(())
+}
+
+/// Starts the backend, measures it alone, then runs each scenario on the instances its layout
+/// needs (started when the layout changes).
+fn run(
+    env: &mut Env,
+    peers: &[Peer],
+    selected: &[&scenarios::Scenario],
+    settings: &Settings,
+) -> Result<Ran> {
+    eprintln!("==> backend");
+    let backend = peers::start_backend(env)?;
+    env.backend_pid = backend.pid();
+    let env = &*env;
+    let baseline = {
+        let tool = load::Tool::Wrk {
+            conns: 64,
+            close: false,
+            script: None,
+        };
+        let url = format!("http://127.0.0.1:{}/", peers::BACKEND_PORT);
+        let t0 = procs::core_times();
+        let r = tool.run(&env.pin, &url, settings.seconds, &env.tmp)?;
+        let t1 = procs::core_times();
+        let b = Baseline {
+            rps: r.rps,
+            load_core_busy: procs::busy_fraction(&t0, &t1, &env.pin.load_cpus),
+        };
+        eprintln!(
+            "    backend alone: {:.0} req/s, load core {:.0}% busy",
+            b.rps,
+            b.load_core_busy.unwrap_or(f64::NAN) * 100.0
+        );
+        Some(b)
+    };
+    let mut results = vec![];
+    let mut tls = vec![];
+    let mut current: Option<Instances> = None;
+    for sc in selected {
+        eprintln!("==> {}: {}", sc.name, sc.title);
+        let layout = match sc.kind {
+            Kind::Throughput { layout, .. } => Some(layout),
+            Kind::Reload { routes } => Some(Layout::Routes(routes)),
+            Kind::IdleMemory { .. } => Some(Layout::Base),
+            Kind::Slot { .. } => None,
+        };
+        let outcome = (|| -> Result<Outcome> {
+            let Some(layout) = layout else {
+                let mut none = Instances {
+                    layout: Layout::Base,
+                    list: vec![],
+                };
+                return scenarios::run(env, sc, settings, &mut none);
+            };
+            // Idle memory is measured on fresh processes: memory a proxy kept from earlier
+            // scenarios (allocator caches, grown pools) would hide the per-connection cost.
+            let fresh = matches!(sc.kind, Kind::IdleMemory { .. });
+            if fresh || current.as_ref().map(|c| c.layout) != Some(layout) {
+                current = None; // stops the previous instances first (same ports)
+                let started = Instances::start(env, peers, layout)?;
+                if layout == Layout::Base && tls.is_empty() {
+                    for inst in &started.list {
+                        tls.push(format!(
+                            "{}: {}",
+                            inst.peer.name(),
+                            peers::tls_info(inst.ports.https)
+                        ));
+                    }
+                }
+                current = Some(started);
+            }
+            let inst = current.as_mut().expect("started above");
+            scenarios::run(env, sc, settings, inst)
+        })();
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("    FAILED: {e:#}");
+                current = None; // restart on the next scenario
+                Outcome::Failed {
+                    error: format!("{e:#}"),
+                }
+            }
+        };
+        results.push(ScenarioResult {
+            name: sc.name.into(),
+            title: sc.title.into(),
+            outcome,
+        });
+    }
+    drop(current);
+    drop(backend);
+    Ok(Ran {
+        results,
+        baseline,
+        tls,
+    })
+}
+
+/// What [`run`] measured.
+struct Ran {
+    results: Vec<ScenarioResult>,
+    baseline: Option<Baseline>,
+    tls: Vec<String>,
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    procs::command_text(program, args)
+        .lines()
+        .next()
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Raises this process's open-file limit (children inherit it) to `n`, or at least to its hard
+/// limit when raising the hard limit is not permitted; returns the limit now in force. 10,000
+/// idle connections and wrk's 1,000 need more than the usual 1,024.
+fn raise_nofile(n: u64) -> u64 {
+    let pid = std::process::id().to_string();
+    let set = |v: u64| {
+        Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={v}:{v}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !set(n) {
+        let hard = procs::nofile_limits().map_or(1024, |(_, h)| h);
+        set(hard);
+    }
+    procs::nofile_limits().map_or(1024, |(s, _)| s)
+}
+
+fn check_ports_free() -> Result<()> {
+    let mut ports = vec![peers::BACKEND_PORT, 28901, 28902];
+    for base in [28100u16, 28200] {
+        for p in 0..3 {
+            for k in 0..3 {
+                ports.push(base + 10 * p + k);
+            }
+        }
+    }
+    for p in ports {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            bail!("port {p} is in use (another benchmark running?)");
+        }
+    }
+    Ok(())
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".into(), |(_, v)| v.trim().to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        memory_gib: mem_kib / 1024.0 / 1024.0,
+        loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn versions() -> Versions {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches sits in the repository");
+    let root = root.to_string_lossy();
+    let rev = command_line("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    let dirty = !procs::command_text(
+        "git",
+        &[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--",
+            "proxy",
+            "sluice",
+            "controller",
+            "ir",
+        ],
+    )
+    .is_empty();
+    Versions {
+        sluice: format!("{rev}{}", if dirty { "-dirty" } else { "" }),
+        nginx: command_line("nginx", &["-v"]).replace("nginx version: ", ""),
+        haproxy: command_line("haproxy", &["-v"])
+            .split(" - ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        wrk: command_line("wrk", &["-v"])
+            .split(" [")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        h2load: command_line("h2load", &["--version"]),
+        openssl: command_line("openssl", &["version"])
+            .split("  ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Peers and protocols the issue asks for that this machine cannot run.
+fn not_measured() -> Vec<String> {
+    let mut v = vec![];
+    if !have("envoy") {
+        let policy = procs::command_text("apt-cache", &["policy", "envoy"]);
+        let why = if policy.contains("Candidate:") && !policy.contains("Candidate: (none)") {
+            "installable from apt but not installed".to_string()
+        } else {
+            "no Debian package (`apt-cache policy envoy` has no candidate on this release)".into()
+        };
+        v.push(format!("Envoy: not measured: {why}."));
+    }
+    v
+}

@@ -1,0 +1,847 @@
+//! The scenarios and how each is measured: throughput runs alternating the peers round by
+//! round, time from a route change to the new route serving, and memory per idle connection.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::client;
+use crate::load::{LoadResult, Tool};
+use crate::peers::{Env, Instance, LARGE_BODY, Layout, Peer, route_host};
+use crate::procs;
+use crate::stats::median;
+
+/// Which port and scheme a throughput scenario loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// `http://` on the HTTP/1.1 port.
+    Http,
+    /// `http://` on the h2c prior-knowledge port.
+    H2c,
+    /// `https://` on the TLS port.
+    Https,
+}
+
+/// How a scenario's load is generated.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// wrk: connections, `Connection: close`, requests spread over this many routes.
+    Wrk {
+        /// Connections.
+        conns: usize,
+        /// A new connection per request.
+        close: bool,
+        /// Spread requests over `r0..r{n-1}.bench.example` (a Lua script).
+        routes: Option<usize>,
+    },
+    /// h2load: connections and concurrent streams per connection.
+    H2load {
+        /// Connections.
+        conns: usize,
+        /// Streams per connection.
+        streams: usize,
+    },
+}
+
+/// What a scenario measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Requests/s, latency and proxy CPU per request.
+    Throughput {
+        /// Configuration served.
+        layout: Layout,
+        /// Port and scheme.
+        proto: Proto,
+        /// Request path.
+        path: &'static str,
+        /// Load generator.
+        load: Load,
+    },
+    /// Time from a route change to the new route answering, at this many routes.
+    Reload {
+        /// Routes configured.
+        routes: usize,
+    },
+    /// Resident memory per idle keep-alive connection.
+    IdleMemory {
+        /// Connections held open.
+        conns: usize,
+    },
+    /// Not measurable yet; the reason is reported.
+    Slot {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// A named scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Name for `--scenario`.
+    pub name: &'static str,
+    /// What it measures, one line.
+    pub title: &'static str,
+    /// How it is measured.
+    pub kind: Kind,
+}
+
+const fn wrk(conns: usize, close: bool) -> Load {
+    Load::Wrk {
+        conns,
+        close,
+        routes: None,
+    }
+}
+
+/// Every scenario, in run order (instances are shared by consecutive scenarios).
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "h1-keepalive-64",
+        title: "HTTP/1.1 keep-alive, 64 connections, 64-byte body",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Http,
+            path: "/",
+            load: wrk(64, false),
+        },
+    },
+    Scenario {
+        name: "h1-keepalive-1000",
+        title: "HTTP/1.1 keep-alive, 1,000 connections, 64-byte body",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Http,
+            path: "/",
+            load: wrk(1000, false),
+        },
+    },
+    Scenario {
+        name: "h1-new-conn",
+        title: "HTTP/1.1, a new connection per request, 64 clients",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Http,
+            path: "/",
+            load: wrk(64, true),
+        },
+    },
+    Scenario {
+        name: "h2c",
+        title: "HTTP/2 cleartext (prior knowledge), 16 connections x 16 streams",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::H2c,
+            path: "/",
+            load: Load::H2load {
+                conns: 16,
+                streams: 16,
+            },
+        },
+    },
+    Scenario {
+        name: "h1-100k",
+        title: "HTTP/1.1 keep-alive, 64 connections, 100 KiB body",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Http,
+            path: "/100k",
+            load: wrk(64, false),
+        },
+    },
+    Scenario {
+        name: "tls-h1",
+        title: "TLS termination, HTTP/1.1 keep-alive, 64 connections",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Https,
+            path: "/",
+            load: wrk(64, false),
+        },
+    },
+    Scenario {
+        name: "tls-h2",
+        title: "TLS termination, HTTP/2 (ALPN), 16 connections x 16 streams",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Https,
+            path: "/",
+            load: Load::H2load {
+                conns: 16,
+                streams: 16,
+            },
+        },
+    },
+    Scenario {
+        name: "tls-new-conn",
+        title: "TLS termination, a full handshake per request, 64 clients",
+        kind: Kind::Throughput {
+            layout: Layout::Base,
+            proto: Proto::Https,
+            path: "/",
+            load: wrk(64, true),
+        },
+    },
+    Scenario {
+        name: "idle-memory",
+        title: "Resident memory per idle HTTP/1.1 keep-alive connection (10,000 open)",
+        kind: Kind::IdleMemory { conns: 10_000 },
+    },
+    Scenario {
+        name: "routes-10",
+        title: "10 routes (one host each), requests spread over all, 64 connections",
+        kind: Kind::Throughput {
+            layout: Layout::Routes(10),
+            proto: Proto::Http,
+            path: "/",
+            load: Load::Wrk {
+                conns: 64,
+                close: false,
+                routes: Some(10),
+            },
+        },
+    },
+    Scenario {
+        name: "reload-10",
+        title: "Route change to the new route serving, 10 routes configured",
+        kind: Kind::Reload { routes: 10 },
+    },
+    Scenario {
+        name: "routes-10000",
+        title: "10,000 routes (one host each), requests spread over all, 64 connections",
+        kind: Kind::Throughput {
+            layout: Layout::Routes(10_000),
+            proto: Proto::Http,
+            path: "/",
+            load: Load::Wrk {
+                conns: 64,
+                close: false,
+                routes: Some(10_000),
+            },
+        },
+    },
+    Scenario {
+        name: "reload-10000",
+        title: "Route change to the new route serving, 10,000 routes configured",
+        kind: Kind::Reload { routes: 10_000 },
+    },
+    Scenario {
+        name: "h3",
+        title: "HTTP/3 (QUIC)",
+        kind: Kind::Slot {
+            reason: "not measured: Sluice has no HTTP/3 listener yet (slot kept for h2load --h3 / quiche clients)",
+        },
+    },
+];
+
+/// Run settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Rounds per throughput scenario (each round runs every peer once).
+    pub rounds: usize,
+    /// Seconds per throughput run.
+    pub seconds: u64,
+    /// Seconds of warm-up load per peer before a throughput scenario's rounds.
+    pub warmup_seconds: u64,
+    /// Route-change trials per peer.
+    pub reload_trials: usize,
+    /// Idle-memory rounds per peer.
+    pub memory_rounds: usize,
+    /// Longest total wait for a quiet machine before measured runs (s).
+    pub quiet_wait_seconds: u64,
+}
+
+/// One throughput run of one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Round number (0-based).
+    pub round: usize,
+    /// Client-side figures.
+    pub load: LoadResult,
+    /// Proxy user CPU per request (µs).
+    pub user_us: f64,
+    /// Proxy system CPU per request (µs).
+    pub sys_us: f64,
+    /// The proxy's CPU time over the run's wall time (1.0 = one core).
+    pub proxy_cores: f64,
+    /// Busy fraction of the proxy's CPU during the run (the proxy and anything else there).
+    pub proxy_core_busy: Option<f64>,
+    /// Busy fraction of the load CPUs during the run.
+    pub load_core_busy: Option<f64>,
+    /// Cores used by other processes during the run (a shared machine's noise).
+    pub other_cores: f64,
+}
+
+/// Medians of a peer's samples in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Peer.
+    pub peer: Peer,
+    /// Median requests/s.
+    pub rps: f64,
+    /// Median p50 latency (ms).
+    pub p50_ms: f64,
+    /// Median p99 latency (ms).
+    pub p99_ms: f64,
+    /// Median user CPU per request (µs).
+    pub user_us: f64,
+    /// Median system CPU per request (µs).
+    pub sys_us: f64,
+    /// Median proxy CPU time over wall time (cores).
+    pub proxy_cores: f64,
+    /// Median proxy core busy fraction.
+    pub proxy_core_busy: Option<f64>,
+    /// Median load cores busy fraction.
+    pub load_core_busy: Option<f64>,
+    /// Median cores used by other processes during the runs.
+    pub other_cores: f64,
+    /// Errors summed over all rounds.
+    pub errors: u64,
+    /// Every round.
+    pub samples: Vec<Sample>,
+}
+
+impl Summary {
+    /// User + system CPU per request (µs).
+    pub fn cpu_us(&self) -> f64 {
+        self.user_us + self.sys_us
+    }
+
+    /// Requests per second one core running this proxy could serve (1 / CPU per request).
+    pub fn capacity(&self) -> f64 {
+        1e6 / self.cpu_us()
+    }
+
+    fn of(peer: Peer, samples: Vec<Sample>) -> Summary {
+        let m = |f: &dyn Fn(&Sample) -> f64| {
+            median(&samples.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        };
+        let mo = |f: &dyn Fn(&Sample) -> Option<f64>| {
+            median(&samples.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        Summary {
+            peer,
+            rps: m(&|s| s.load.rps),
+            p50_ms: m(&|s| s.load.p50_ms),
+            p99_ms: m(&|s| s.load.p99_ms),
+            user_us: m(&|s| s.user_us),
+            sys_us: m(&|s| s.sys_us),
+            proxy_cores: m(&|s| s.proxy_cores),
+            proxy_core_busy: mo(&|s| s.proxy_core_busy),
+            load_core_busy: mo(&|s| s.load_core_busy),
+            other_cores: m(&|s| s.other_cores),
+            errors: samples.iter().map(|s| s.load.errors).sum(),
+            samples,
+        }
+    }
+}
+
+/// One route-change trial series.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadSummary {
+    /// Peer.
+    pub peer: Peer,
+    /// Median time from the change to the first 200 for the new route (ms).
+    pub median_ms: f64,
+    /// Slowest trial (ms).
+    pub max_ms: f64,
+    /// Median time the change command took (ms): `nginx -s reload`, `haproxy -c` + signal,
+    /// or Sluice's file write.
+    pub command_ms: f64,
+    /// Every trial (ms); trials that never served are left out and counted in `failures`.
+    pub trials_ms: Vec<f64>,
+    /// Trials where the route did not serve within 30 s.
+    pub failures: usize,
+}
+
+/// Idle-connection memory of one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemorySummary {
+    /// Peer.
+    pub peer: Peer,
+    /// Connections held open.
+    pub conns: usize,
+    /// Median resident memory before opening them (KiB).
+    pub rss_before_kib: f64,
+    /// Median resident memory with them open (KiB).
+    pub rss_open_kib: f64,
+    /// Median bytes per idle connection.
+    pub bytes_per_conn: f64,
+}
+
+/// The outcome of a scenario.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Throughput scenario.
+    Throughput {
+        /// Load generator command line.
+        tool: String,
+        /// Per-peer medians.
+        peers: Vec<Summary>,
+    },
+    /// Route change scenario.
+    Reload {
+        /// Routes configured.
+        routes: usize,
+        /// Per peer.
+        peers: Vec<ReloadSummary>,
+    },
+    /// Idle memory scenario.
+    Memory {
+        /// Per peer.
+        peers: Vec<MemorySummary>,
+    },
+    /// Not measured.
+    Slot {
+        /// Why.
+        reason: String,
+    },
+    /// The scenario failed to run.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// A scenario's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// Scenario name.
+    pub name: String,
+    /// Scenario title.
+    pub title: String,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Running instances of one layout, one per peer.
+#[derive(Debug)]
+pub struct Instances {
+    /// The layout.
+    pub layout: Layout,
+    /// One per peer, in peer order.
+    pub list: Vec<Instance>,
+}
+
+impl Instances {
+    /// Starts every peer with `layout`.
+    pub fn start(env: &Env, peers: &[Peer], layout: Layout) -> Result<Instances> {
+        let mut list = Vec::new();
+        for &p in peers {
+            eprintln!("  starting {} ({layout:?})", p.name());
+            let inst = Instance::start(env, p, layout)?;
+            eprintln!("    serving after {:.0} ms", inst.startup_ms);
+            list.push(inst);
+        }
+        Ok(Instances { layout, list })
+    }
+}
+
+/// Runs one scenario on `instances` (already started with the scenario's layout).
+pub fn run(
+    env: &Env,
+    sc: &Scenario,
+    settings: &Settings,
+    instances: &mut Instances,
+) -> Result<Outcome> {
+    match sc.kind {
+        Kind::Throughput {
+            proto, path, load, ..
+        } => throughput(env, settings, instances, proto, path, load),
+        Kind::Reload { routes } => reload(settings, instances, routes),
+        Kind::IdleMemory { conns } => {
+            // Under a low open-file limit every peer gets the same, smaller count.
+            let conns = conns.min(env.max_conns().saturating_sub(100) as usize);
+            memory(settings, instances, conns)
+        }
+        Kind::Slot { reason } => Ok(Outcome::Slot {
+            reason: reason.into(),
+        }),
+    }
+}
+
+fn url(inst: &Instance, proto: Proto, path: &str) -> String {
+    match proto {
+        Proto::Http => format!("http://127.0.0.1:{}{path}", inst.ports.http),
+        Proto::H2c => format!("http://127.0.0.1:{}{path}", inst.ports.h2c),
+        Proto::Https => format!("https://127.0.0.1:{}{path}", inst.ports.https),
+    }
+}
+
+/// A wrk script spreading requests over the hosts of `n` routes in a fixed shuffled order.
+pub fn routes_script(dir: &Path, n: usize) -> Result<PathBuf> {
+    let path = dir.join(format!("routes-{n}.lua"));
+    let script = format!(
+        "-- Requests for r0..r{last}.bench.example in a fixed pseudo-random order.
+local n = {n}
+local order = {{}}
+for i = 1, n do order[i] = i - 1 end
+local seed = 42
+for i = n, 2, -1 do
+  seed = (seed * 16807) % 2147483647
+  local j = seed % i + 1
+  order[i], order[j] = order[j], order[i]
+end
+local reqs = {{}}
+for k = 1, n do
+  reqs[k] = wrk.format(\"GET\", \"/\", {{ [\"Host\"] = \"r\" .. order[k] .. \".bench.example\" }})
+end
+local idx = 0
+request = function()
+  idx = idx % n + 1
+  return reqs[idx]
+end
+",
+        last = n - 1
+    );
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+fn throughput(
+    env: &Env,
+    settings: &Settings,
+    instances: &mut Instances,
+    proto: Proto,
+    path: &str,
+    load: Load,
+) -> Result<Outcome> {
+    let tool = match load {
+        Load::Wrk {
+            conns,
+            close,
+            routes,
+        } => Tool::Wrk {
+            conns,
+            close,
+            script: routes.map(|n| routes_script(&env.tmp, n)).transpose()?,
+        },
+        Load::H2load { conns, streams } => Tool::H2load { conns, streams },
+    };
+    // What the client sees must be the backend's response, through every peer.
+    if proto == Proto::Http && instances.layout == Layout::Base {
+        for inst in &instances.list {
+            let (code, body) = client::fetch_body(inst.http_addr(), "bench.example", path)?;
+            let want = if path == "/100k" { LARGE_BODY } else { 64 };
+            if code != 200 || body.len() != want {
+                bail!(
+                    "{} answered {code} with {} bytes on {path}, expected 200 with {want}",
+                    inst.peer.name(),
+                    body.len()
+                );
+            }
+        }
+    }
+    let tck = procs::clock_ticks() as f64;
+    for inst in &mut instances.list {
+        inst.server.check_alive()?;
+        tool.run(
+            &env.pin,
+            &url(inst, proto, path),
+            settings.warmup_seconds,
+            &env.tmp,
+        )
+        .with_context(|| format!("warm-up of {}", inst.peer.name()))?;
+    }
+    let n = instances.list.len();
+    let mut samples: Vec<Vec<Sample>> = vec![vec![]; n];
+    for round in 0..settings.rounds {
+        // A B C, B C A, C A B, ...: each peer meets drift at every position.
+        for k in 0..n {
+            let i = (round + k) % n;
+            let inst = &mut instances.list[i];
+            inst.server.check_alive()?;
+            std::thread::sleep(Duration::from_millis(200));
+            let mut budget = env.quiet_budget.get();
+            procs::wait_quiet(&mut budget);
+            env.quiet_budget.set(budget);
+            let meter = procs::Meter::start(inst.pids(), procs::tree(env.backend_pid));
+            let r = tool
+                .run(
+                    &env.pin,
+                    &url(inst, proto, path),
+                    settings.seconds,
+                    &env.tmp,
+                )
+                .with_context(|| format!("{} round {round}", inst.peer.name()))?;
+            let m = meter.finish(&env.pin);
+            let reqs = r.requests.max(1) as f64;
+            let s = Sample {
+                round,
+                user_us: m.proxy.user as f64 / tck * 1e6 / reqs,
+                sys_us: m.proxy.system as f64 / tck * 1e6 / reqs,
+                proxy_cores: m.proxy_cores,
+                proxy_core_busy: m.proxy_core_busy,
+                load_core_busy: m.load_core_busy,
+                other_cores: m.other_cores,
+                load: r,
+            };
+            eprintln!(
+                "    round {round} {:8} {:>9.0} req/s  p99 {:>7.2} ms  cpu {:>5.2}+{:<5.2} us/req  proxy {:>4.2} cores  load core {:>3.0}%  others {:.2} cores{}",
+                inst.peer.name(),
+                s.load.rps,
+                s.load.p99_ms,
+                s.user_us,
+                s.sys_us,
+                s.proxy_cores,
+                s.load_core_busy.unwrap_or(f64::NAN) * 100.0,
+                s.other_cores,
+                if s.load.errors > 0 {
+                    format!("  ERRORS {}", s.load.errors)
+                } else {
+                    String::new()
+                }
+            );
+            samples[i].push(s);
+        }
+    }
+    let peers = instances
+        .list
+        .iter()
+        .zip(samples)
+        .map(|(inst, s)| Summary::of(inst.peer, s))
+        .collect();
+    Ok(Outcome::Throughput {
+        tool: tool.describe(),
+        peers,
+    })
+}
+
+/// Polls `host` on new connections every millisecond until it answers 200.
+fn wait_serving(addr: std::net::SocketAddr, host: &str, timeout: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if client::probe(addr, host, "/").ok() == Some(200) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+fn reload(settings: &Settings, instances: &mut Instances, routes: usize) -> Result<Outcome> {
+    let n = instances.list.len();
+    let mut trials: Vec<Vec<f64>> = vec![vec![]; n];
+    let mut commands: Vec<Vec<f64>> = vec![vec![]; n];
+    let mut failures = vec![0usize; n];
+    for trial in 0..settings.reload_trials {
+        for k in 0..n {
+            let i = (trial + k) % n;
+            let inst = &mut instances.list[i];
+            inst.server.check_alive()?;
+            let host = format!("probe-{routes}-{trial}.bench.example");
+            let addr = inst.http_addr();
+            if client::probe(addr, &host, "/").ok() == Some(200) {
+                bail!("{}: {host} served before it was added", inst.peer.name());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let t0 = Instant::now();
+            inst.add_route(&host)?;
+            let handed = t0.elapsed();
+            match wait_serving(addr, &host, Duration::from_secs(30)) {
+                Some(_) => {
+                    let total = t0.elapsed().as_secs_f64() * 1000.0;
+                    eprintln!(
+                        "    trial {trial} {:8} {total:>8.1} ms (command {:.1} ms)",
+                        inst.peer.name(),
+                        handed.as_secs_f64() * 1000.0
+                    );
+                    trials[i].push(total);
+                    commands[i].push(handed.as_secs_f64() * 1000.0);
+                }
+                None => {
+                    eprintln!("    trial {trial} {:8} never served", inst.peer.name());
+                    failures[i] += 1;
+                }
+            }
+            // The old route table keeps serving too.
+            let old = route_host(routes - 1);
+            if client::probe(addr, &old, "/").ok() != Some(200) {
+                bail!("{}: {old} stopped serving after a change", inst.peer.name());
+            }
+        }
+    }
+    let peers = instances
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| ReloadSummary {
+            peer: inst.peer,
+            median_ms: median(&trials[i]).unwrap_or(f64::NAN),
+            max_ms: trials[i].iter().copied().fold(f64::NAN, f64::max),
+            command_ms: median(&commands[i]).unwrap_or(f64::NAN),
+            trials_ms: trials[i].clone(),
+            failures: failures[i],
+        })
+        .collect();
+    Ok(Outcome::Reload { routes, peers })
+}
+
+fn memory(settings: &Settings, instances: &mut Instances, conns: usize) -> Result<Outcome> {
+    let n = instances.list.len();
+    let mut before: Vec<Vec<f64>> = vec![vec![]; n];
+    let mut open: Vec<Vec<f64>> = vec![vec![]; n];
+    let mut per: Vec<Vec<f64>> = vec![vec![]; n];
+    for round in 0..settings.memory_rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let inst = &mut instances.list[i];
+            inst.server.check_alive()?;
+            let addr = inst.http_addr();
+            // Warm: a few connections and requests so pools and caches exist before the baseline.
+            {
+                let mut warm: Vec<TcpStream> = (0..8)
+                    .map(|_| TcpStream::connect(addr))
+                    .collect::<std::io::Result<_>>()?;
+                for _ in 0..50 {
+                    for s in &mut warm {
+                        client::get_on(s, "bench.example", "/", false)?;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let pids = inst.pids();
+            let rss0 = procs::rss_kib(&pids) as f64;
+            let mut held = Vec::with_capacity(conns);
+            for c in 0..conns {
+                let mut s = TcpStream::connect(addr)
+                    .with_context(|| format!("connection {c} to {}", inst.peer.name()))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let code = client::get_on(&mut s, "bench.example", "/", false)
+                    .with_context(|| format!("request on connection {c}"))?;
+                if code != 200 {
+                    bail!("{}: connection {c} got {code}", inst.peer.name());
+                }
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(1000));
+            let rss1 = procs::rss_kib(&inst.pids()) as f64;
+            // Every connection must still be open and usable (none was dropped as idle).
+            for (c, s) in held.iter_mut().enumerate().step_by(997) {
+                client::get_on(s, "bench.example", "/", false)
+                    .with_context(|| format!("{}: idle connection {c}", inst.peer.name()))?;
+            }
+            let b = (rss1 - rss0) * 1024.0 / conns as f64;
+            eprintln!(
+                "    round {round} {:8} RSS {rss0:.0} KiB -> {rss1:.0} KiB with {conns} idle connections: {b:.0} bytes each",
+                inst.peer.name()
+            );
+            before[i].push(rss0);
+            open[i].push(rss1);
+            per[i].push(b);
+            drop(held);
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    }
+    let peers = instances
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| MemorySummary {
+            peer: inst.peer,
+            conns,
+            rss_before_kib: median(&before[i]).unwrap_or(f64::NAN),
+            rss_open_kib: median(&open[i]).unwrap_or(f64::NAN),
+            bytes_per_conn: median(&per[i]).unwrap_or(f64::NAN),
+        })
+        .collect();
+    Ok(Outcome::Memory { peers })
+}
+
+/// The scenario names, one per line with titles (for `--list`).
+pub fn list() -> String {
+    let mut s = String::new();
+    for sc in SCENARIOS {
+        let _ = writeln!(s, "{:20} {}", sc.name, sc.title);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_are_unique_and_instances_are_grouped() {
+        let mut names = std::collections::HashSet::new();
+        for sc in SCENARIOS {
+            assert!(names.insert(sc.name), "duplicate {}", sc.name);
+        }
+        // Reload scenarios follow the throughput scenario of the same route count, so the
+        // route table is loaded once.
+        let pos = |n: &str| SCENARIOS.iter().position(|s| s.name == n).unwrap();
+        assert_eq!(pos("reload-10"), pos("routes-10") + 1);
+        assert_eq!(pos("reload-10000"), pos("routes-10000") + 1);
+    }
+
+    /// Runs wrk with the generated script against a tiny server that records Host headers.
+    #[test]
+    fn routes_script_spreads_requests_over_every_route() {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        if std::process::Command::new("wrk")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: wrk is not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = routes_script(&dir, 10).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let hosts: Arc<Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
+        let h = hosts.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            if let Some(v) = head.lines().find_map(|l| l.strip_prefix("Host: ")) {
+                                *h.lock().unwrap().entry(v.to_string()).or_default() += 1;
+                            }
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c2", "-d1s", "-s"])
+            .arg(&script)
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = hosts.lock().unwrap().clone();
+        let want: std::collections::HashSet<String> = (0..10).map(route_host).collect();
+        let got: std::collections::HashSet<String> = seen.keys().cloned().collect();
+        assert_eq!(got, want, "requests went to exactly the 10 route hosts");
+        let (min, max) = (seen.values().min().unwrap(), seen.values().max().unwrap());
+        assert!(*max <= *min * 2 + 4, "evenly spread: {seen:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
