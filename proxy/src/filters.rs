@@ -390,6 +390,10 @@ impl Filters {
         let mut response = Vec::new();
         let mut mirrors = Vec::new();
         for (i, filter) in filters.iter().enumerate() {
+            #[cfg(feature = "fault-injection")]
+            if fault::skip(filter) {
+                continue;
+            }
             let p = format!("{path}.filters[{i}]");
             match filter {
                 HttpFilter::RequestHeaderModifier(m) => {
@@ -434,6 +438,26 @@ impl Filters {
         f.response = response.into();
         f.mirrors = mirrors.into();
         Ok(f)
+    }
+}
+
+/// Test-only fault injection (cargo feature `fault-injection`, never in release builds of the
+/// binary): filters whose IR type is listed in `SLUICE_FAULT_SKIP_FILTERS` (comma-separated,
+/// e.g. `requestHeaderModifier`) are dropped when a snapshot is compiled. Tests use it to prove
+/// that a broken filter is caught, e.g. that the conformance harness fails the matching case.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use sluice_ir::HttpFilter;
+
+    pub(super) fn skip(filter: &HttpFilter) -> bool {
+        let Ok(list) = std::env::var("SLUICE_FAULT_SKIP_FILTERS") else {
+            return false;
+        };
+        let kind = serde_json::to_value(filter)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        list.split(',').any(|k| k.trim() == kind)
     }
 }
 
