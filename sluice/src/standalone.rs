@@ -153,7 +153,7 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
 /// The state kept between reloads.
 #[derive(Default)]
 struct Pipeline {
-    applied: Option<Snapshot>,
+    applied: Option<Arc<Snapshot>>,
     version: u64,
     listener_errors: BTreeMap<String, String>,
     previous_status: StatusReport,
@@ -169,6 +169,7 @@ impl Pipeline {
         proxy: &Proxy,
         admin_state: &admin::AdminState,
     ) -> bool {
+        let started = Instant::now();
         let resources = match provider.load() {
             Ok(r) => r,
             Err(e) => {
@@ -176,31 +177,41 @@ impl Pipeline {
                 return true;
             }
         };
+        let load_ms = ms(started);
         let started = Instant::now();
         let translation = translate(&resources, options);
-        let translate_ms = started.elapsed().as_secs_f64() * 1e3;
+        let translate_ms = ms(started);
         let mut snapshot = translation.snapshot;
         let mut status = translation.status;
 
-        let retry_listeners = !self.listener_errors.is_empty();
-        if self.applied.as_ref() != Some(&snapshot) || retry_listeners {
+        // Compare with what serves (its version aside) instead of keeping a second copy.
+        let unchanged = self.applied.as_ref().is_some_and(|a| {
+            snapshot.version = a.version;
+            **a == snapshot
+        });
+        if !unchanged || !self.listener_errors.is_empty() {
             self.version += 1;
             snapshot.version = self.version;
-            let report: ApplyReport = proxy.apply(snapshot.clone()).await;
+            let (listeners, clusters) = (snapshot.listeners.len(), snapshot.clusters.len());
+            let started = Instant::now();
+            let report: ApplyReport = proxy.apply(snapshot).await;
+            let apply_ms = ms(started);
             if report.applied {
                 tracing::info!(
                     version = self.version,
-                    listeners = snapshot.listeners.len(),
-                    clusters = snapshot.clusters.len(),
+                    listeners,
+                    clusters,
                     objects = resources.len(),
-                    translate_ms = format!("{translate_ms:.1}"),
+                    load_ms,
+                    translate_ms,
+                    apply_ms,
                     "configuration applied"
                 );
+                let serving = proxy.snapshot();
                 if let Some(dp) = &mut self.datapath {
-                    dp.sync(&snapshot);
+                    dp.sync(&serving);
                 }
-                snapshot.version = 0;
-                self.applied = Some(snapshot);
+                self.applied = Some(serving);
                 self.listener_errors = report.listener_errors;
             } else {
                 // A translator bug (it must never emit an invalid snapshot): keep serving the
@@ -228,6 +239,11 @@ impl Pipeline {
         self.previous_status = status;
         !self.listener_errors.is_empty()
     }
+}
+
+/// Milliseconds since `t`, rounded to 0.1.
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// True when a condition reports a problem: `Conflicted` is bad when True, every other
