@@ -55,6 +55,10 @@ struct Cli {
     /// Keep the scratch directory (configs, logs) after the run.
     #[arg(long)]
     keep: bool,
+    /// The Sluice revision to print in the report (default: the working tree's, `-dirty` when it
+    /// has changes).
+    #[arg(long)]
+    sluice_version: Option<String>,
     /// The command line to print in the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -163,7 +167,7 @@ fn main() -> Result<()> {
         started: command_line("date", &["-u", "+%Y-%m-%dT%H:%MZ"]),
         command: cli.command.clone(),
         machine,
-        versions: versions(),
+        versions: versions(cli.sluice_version.as_deref()),
         settings,
         pinning: env.pin.describe(),
         baseline: ran.baseline,
@@ -369,7 +373,7 @@ fn machine() -> Machine {
     }
 }
 
-fn versions() -> Versions {
+fn versions(sluice: Option<&str>) -> Versions {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("benches sits in the repository");
@@ -391,24 +395,30 @@ fn versions() -> Versions {
     )
     .is_empty();
     Versions {
-        sluice: format!("{rev}{}", if dirty { "-dirty" } else { "" }),
+        sluice: sluice.map_or_else(
+            || format!("{rev}{}", if dirty { "-dirty" } else { "" }),
+            str::to_string,
+        ),
         nginx: command_line("nginx", &["-v"]).replace("nginx version: ", ""),
+        // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
         haproxy: command_line("haproxy", &["-v"])
-            .split(" - ")
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+            .split_whitespace()
+            .nth(2)
+            .map_or("HAProxy (unknown version)".into(), |v| {
+                format!("HAProxy {v}")
+            }),
         wrk: command_line("wrk", &["-v"])
             .split(" [")
             .next()
             .unwrap_or_default()
             .to_string(),
         h2load: command_line("h2load", &["--version"]),
+        // "OpenSSL 3.0.19 27 Jan 2026 (Library: ...)"
         openssl: command_line("openssl", &["version"])
-            .split("  ")
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 

@@ -458,19 +458,20 @@ fn reload_table(r: &Report, s: &mut String) {
             if !any {
                 let _ = writeln!(
                     s,
-                    "| routes | proxy | change to serving, median ms | slowest ms | change command ms | never served |"
+                    "| routes | proxy | change to serving, median ms | slowest ms | change command ms | proxy busy after the change, ms | never served |"
                 );
-                let _ = writeln!(s, "|--:|---|--:|--:|--:|--:|");
+                let _ = writeln!(s, "|--:|---|--:|--:|--:|--:|--:|");
                 any = true;
             }
             for p in peers {
                 let _ = writeln!(
                     s,
-                    "| {routes} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                    "| {routes} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
                     p.peer.name(),
                     p.median_ms,
                     p.max_ms,
                     p.command_ms,
+                    p.busy_ms,
                     p.failures
                 );
             }
@@ -549,7 +550,7 @@ pub fn markdown(r: &Report, plot_prefix: &str) -> String {
     throughput_table(r, &mut s);
     s.push_str("### Sluice relative to each peer\n\nAbove 1.00x is better for req/s, below 1.00x is better for p99 and CPU/req.\n\n");
     ratio_table(r, &mut s);
-    s.push_str("## Route change to serving\n\nFrom the change (Sluice: a new HTTPRoute file in the watched directory; nginx: a server block and `nginx -s reload`; HAProxy: a line in the host map, `haproxy -c` and SIGUSR2 to the master, as `systemctl reload haproxy` does) to the first 200 for the new host on a new connection, polled every millisecond.\n\n");
+    s.push_str("## Route change to serving\n\nFrom the change (Sluice: a new HTTPRoute file in the watched directory; nginx: a server block and `nginx -s reload`; HAProxy: a line in the host map, `haproxy -c` and SIGUSR2 to the master, as `systemctl reload haproxy` does) to the first 200 for the new host on a new connection, polled every millisecond. Every change starts from a settled proxy; \"busy after the change\" is when the proxy's processes last used CPU for it (work after serving delays the next change).\n\n");
     reload_table(r, &mut s);
     s.push_str("## Memory per idle connection\n\nResident memory of the proxy's processes before and after opening idle HTTP/1.1 keep-alive connections (each served one request first), divided by the connections.\n\n");
     memory_table(r, &mut s);

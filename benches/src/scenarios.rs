@@ -350,6 +350,9 @@ pub struct ReloadSummary {
     /// Median time the change command took (ms): `nginx -s reload`, `haproxy -c` + signal,
     /// or Sluice's file write.
     pub command_ms: f64,
+    /// Median time until the proxy's processes stopped using CPU after the change (ms, 10 ms
+    /// resolution): work that outlasts serving delays the next change.
+    pub busy_ms: f64,
     /// Every trial (ms); trials that never served are left out and counted in `failures`.
     pub trials_ms: Vec<f64>,
     /// Trials where the route did not serve within 30 s.
@@ -622,10 +625,31 @@ fn wait_serving(addr: std::net::SocketAddr, host: &str, timeout: Duration) -> Op
     None
 }
 
+/// Waits until the processes of `inst` stop using CPU (no new CPU tick for 300 ms, at most
+/// `max`); returns how long after `since` they last used some.
+fn settle(inst: &Instance, since: Instant, max: Duration) -> Duration {
+    let total = || {
+        let t = procs::cpu_ticks(&inst.pids());
+        t.user + t.system
+    };
+    let mut last = total();
+    let mut last_change = Instant::now();
+    while last_change.elapsed() < Duration::from_millis(300) && since.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = total();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    last_change.saturating_duration_since(since)
+}
+
 fn reload(settings: &Settings, instances: &mut Instances, routes: usize) -> Result<Outcome> {
     let n = instances.list.len();
     let mut trials: Vec<Vec<f64>> = vec![vec![]; n];
     let mut commands: Vec<Vec<f64>> = vec![vec![]; n];
+    let mut busy: Vec<Vec<f64>> = vec![vec![]; n];
     let mut failures = vec![0usize; n];
     for trial in 0..settings.reload_trials {
         for k in 0..n {
@@ -637,20 +661,23 @@ fn reload(settings: &Settings, instances: &mut Instances, routes: usize) -> Resu
             if client::probe(addr, &host, "/").ok() == Some(200) {
                 bail!("{}: {host} served before it was added", inst.peer.name());
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // Each change starts from a settled proxy (the previous change fully processed).
+            settle(inst, Instant::now(), Duration::from_secs(10));
             let t0 = Instant::now();
             inst.add_route(&host)?;
             let handed = t0.elapsed();
             match wait_serving(addr, &host, Duration::from_secs(30)) {
                 Some(_) => {
                     let total = t0.elapsed().as_secs_f64() * 1000.0;
+                    let b = settle(inst, t0, Duration::from_secs(10)).as_secs_f64() * 1000.0;
                     eprintln!(
-                        "    trial {trial} {:8} {total:>8.1} ms (command {:.1} ms)",
+                        "    trial {trial} {:8} {total:>8.1} ms (command {:.1} ms, busy until {b:.0} ms)",
                         inst.peer.name(),
                         handed.as_secs_f64() * 1000.0
                     );
                     trials[i].push(total);
                     commands[i].push(handed.as_secs_f64() * 1000.0);
+                    busy[i].push(b);
                 }
                 None => {
                     eprintln!("    trial {trial} {:8} never served", inst.peer.name());
@@ -673,6 +700,7 @@ fn reload(settings: &Settings, instances: &mut Instances, routes: usize) -> Resu
             median_ms: median(&trials[i]).unwrap_or(f64::NAN),
             max_ms: trials[i].iter().copied().fold(f64::NAN, f64::max),
             command_ms: median(&commands[i]).unwrap_or(f64::NAN),
+            busy_ms: median(&busy[i]).unwrap_or(f64::NAN),
             trials_ms: trials[i].clone(),
             failures: failures[i],
         })

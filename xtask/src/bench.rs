@@ -1,8 +1,9 @@
-//! `cargo xtask bench [--quick] [--scenario NAME...] [...]`: installs the peers (nginx, HAProxy)
-//! and load generators (wrk, h2load) from Debian, builds Sluice and the runner in release mode,
-//! and runs `peer-bench` (benches/src/main.rs), which writes benches/results/.
+//! `cargo xtask bench [--quick] [--scenario NAME...] [--sluice-rev REV] [...]`: installs the
+//! peers (nginx, HAProxy) and load generators (wrk, h2load) from Debian, builds Sluice and the
+//! runner in release mode, and runs `peer-bench` (benches/src/main.rs), which writes
+//! benches/results/.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::process::Command;
 
 use crate::test::{ensure_apt, repo_root, run, target_dir};
@@ -23,32 +24,98 @@ pub fn main(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         eprintln!(
             "usage: cargo xtask bench [--quick] [--scenario NAME...] [--peers sluice,nginx,haproxy] \
-             [--rounds N] [--seconds S] [--out DIR] [--keep] [--list]\n\
-             Full runs write benches/results/; other runs write benches/results/scratch/."
+             [--rounds N] [--seconds S] [--out DIR] [--keep] [--list] [--sluice-rev REV]\n\
+             Full runs write benches/results/; other runs write benches/results/scratch/.\n\
+             --sluice-rev REV measures Sluice as committed at REV (a clean `git archive` export)\n\
+             instead of the working tree."
         );
         return Ok(());
     }
+    let mut rest: Vec<String> = vec![];
+    let mut rev: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--sluice-rev" {
+            rev = Some(it.next().context("--sluice-rev needs a revision")?.clone());
+        } else {
+            rest.push(a.clone());
+        }
+    }
     ensure_apt(APT_PACKAGES)?;
     let root = repo_root();
-    let target = target_dir();
+    let release = target_dir().join("release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo).current_dir(&root).args([
         "build",
         "--release",
         "-p",
-        "sluice",
-        "-p",
         "sluice-benches",
-        "--bins",
+        "--bin",
+        "peer-bench",
     ]))?;
-    let release = target.join("release");
-    let mut cmd = Command::new(release.join("peer-bench"));
-    cmd.arg("--sluice")
-        .arg(release.join("sluice"))
-        .arg("--command")
-        .arg(format!("cargo xtask bench {}", args.join(" ")).trim_end())
-        .args(args);
-    let status = cmd.status().context("starting peer-bench")?;
+    let mut runner = Command::new(release.join("peer-bench"));
+    match &rev {
+        None => {
+            run(Command::new(&cargo).current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "sluice",
+            ]))?;
+            runner.arg("--sluice").arg(release.join("sluice"));
+        }
+        Some(rev) => {
+            let commit = git(
+                &root,
+                &["rev-parse", "--short", &format!("{rev}^{{commit}}")],
+            )?;
+            let src = target_dir().join("bench-src").join(&commit);
+            if !src.join("Cargo.toml").exists() {
+                std::fs::create_dir_all(&src)?;
+                let st = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "git -C '{}' archive '{commit}' | tar -x -C '{}'",
+                        root.display(),
+                        src.display()
+                    ))
+                    .status()?;
+                if !st.success() {
+                    bail!("exporting {commit} failed");
+                }
+            }
+            run(Command::new(&cargo).current_dir(&src).args([
+                "build",
+                "--release",
+                "-p",
+                "sluice",
+            ]))?;
+            runner
+                .arg("--sluice")
+                .arg(release.join("sluice"))
+                .arg("--sluice-version")
+                .arg(&commit);
+        }
+    }
+    let shown = format!("cargo xtask bench {}", args.join(" "));
+    runner.arg("--command").arg(shown.trim_end()).args(&rest);
+    let status = runner.status().context("starting peer-bench")?;
     anyhow::ensure!(status.success(), "peer-bench failed ({status})");
     Ok(())
+}
+
+fn git(root: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
