@@ -21,15 +21,26 @@ pub enum ReqBody {
     Full(Option<Bytes>),
     /// The client's body, streamed.
     Incoming(Incoming),
+    /// A client's body from another server than hyper's (HTTP/3), streamed.
+    Boxed(BoxedBody),
     /// The client's body, streamed, with data frames also copied to a mirror.
     Tee {
-        /// The client's body.
-        body: Incoming,
+        /// The client's body ([`ReqBody::Incoming`] or [`ReqBody::Boxed`]).
+        body: Box<ReqBody>,
         /// Copy channel; dropped when the mirror falls behind (its request is then aborted).
         tx: Option<mpsc::Sender<Option<Bytes>>>,
     },
     /// A mirror's copy of a streamed body. `None` in the channel marks the end.
     Mirror(mpsc::Receiver<Option<Bytes>>, SizeHint),
+}
+
+/// A boxed downstream body.
+pub struct BoxedBody(pub(crate) Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>);
+
+impl std::fmt::Debug for BoxedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxedBody")
+    }
 }
 
 impl ReqBody {
@@ -60,8 +71,9 @@ impl Body for ReqBody {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ReqBody::Boxed(b) => b.0.as_mut().poll_frame(cx),
             ReqBody::Tee { body, tx } => {
-                let r = ready!(Pin::new(body).poll_frame(cx));
+                let r = ready!(Pin::new(body.as_mut()).poll_frame(cx));
                 match &r {
                     Some(Ok(f)) => {
                         if let (Some(d), Some(s)) = (f.data_ref(), tx.as_ref())
@@ -77,7 +89,7 @@ impl Body for ReqBody {
                     }
                     Some(Err(_)) => *tx = None,
                 }
-                Poll::Ready(r.map(|r| r.map_err(Into::into)))
+                Poll::Ready(r)
             }
             ReqBody::Mirror(rx, _) => match ready!(rx.poll_recv(cx)) {
                 Some(Some(d)) => Poll::Ready(Some(Ok(Frame::data(d)))),
@@ -94,7 +106,9 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Incoming(b) | ReqBody::Tee { body: b, .. } => b.is_end_stream(),
+            ReqBody::Incoming(b) => b.is_end_stream(),
+            ReqBody::Boxed(b) => b.0.is_end_stream(),
+            ReqBody::Tee { body, .. } => body.is_end_stream(),
             ReqBody::Mirror(..) => false,
         }
     }
@@ -103,9 +117,27 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Incoming(b) | ReqBody::Tee { body: b, .. } => b.size_hint(),
+            ReqBody::Incoming(b) => b.size_hint(),
+            ReqBody::Boxed(b) => b.0.size_hint(),
+            ReqBody::Tee { body, .. } => body.size_hint(),
             ReqBody::Mirror(_, h) => *h,
         }
+    }
+}
+
+/// A downstream request body the request path forwards: hyper's (HTTP/1.1, HTTP/2) or an
+/// HTTP/3 request stream.
+pub(crate) trait Downstream: Body<Data = Bytes> + Send + Unpin + 'static
+where
+    Self::Error: Into<BoxError>,
+{
+    /// The body as it is sent upstream.
+    fn into_req_body(self) -> ReqBody;
+}
+
+impl Downstream for Incoming {
+    fn into_req_body(self) -> ReqBody {
+        ReqBody::Incoming(self)
     }
 }
 

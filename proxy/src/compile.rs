@@ -3,9 +3,15 @@
 //! whole snapshot.
 
 use crate::filters::Filters;
+use crate::l4::{L4Backend, L4Backends, L4Route};
 use crate::router::{Route, Router, compile_conditions, route_prefix};
+use crate::sni::{SniRoute, SniRouter};
+use crate::tls::ListenerTls;
 use crate::upstream::{BackendRt, Backends, ClusterRt, EndpointRt, PoolSettings};
-use sluice_ir::{HttpRoute, Listener, ListenerProtocol, Snapshot, ValidationError};
+use http::HeaderValue;
+use sluice_ir::{
+    HttpRoute, Listener, ListenerProtocol, Snapshot, TlsMode, ValidationError, WeightedBackend,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +51,19 @@ pub(crate) struct ListenerRuntime {
     pub(crate) port: u16,
     pub(crate) protocol: ListenerProtocol,
     pub(crate) router: Router,
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS termination (HTTPS, TLS listeners with Terminate routes).
+    pub(crate) tls: Option<ListenerTls>,
+    /// SNI-routed TLS streams: every TLS route on TLS listeners, passthrough ones on HTTPS.
+    pub(crate) sni: SniRouter,
+    /// The TCP or UDP route (TCP and UDP listeners).
+    pub(crate) l4: Option<L4Route>,
+    /// `Alt-Svc` advertised on HTTP/1.1 and HTTP/2 responses when HTTP/3 is served.
+    pub(crate) alt_svc: Option<HeaderValue>,
+    /// Serve HTTP/3 on the same port over UDP.
+    pub(crate) http3: bool,
+    /// The listener's TLS settings could not be compiled (bad certificate or key); the rest
+    /// of the snapshot is not affected.
+    pub(crate) tls_error: Option<CompileError>,
 }
 
 /// A compiled snapshot.
@@ -103,6 +121,35 @@ fn compile_route(
     })
 }
 
+fn l4_backends(
+    path: &str,
+    list: &[WeightedBackend],
+    clusters: &HashMap<String, Arc<ClusterRt>>,
+) -> Result<L4Backends, CompileError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, b) in list.iter().enumerate() {
+        let cluster = match &b.cluster {
+            Some(c) => Some(
+                clusters
+                    .get(c)
+                    .ok_or_else(|| {
+                        CompileError::new(
+                            format!("{path}.backends[{i}]"),
+                            format!("unknown cluster {c:?}"),
+                        )
+                    })?
+                    .clone(),
+            ),
+            None => None,
+        };
+        out.push((b.weight, L4Backend { cluster }));
+    }
+    Ok(L4Backends::new(out))
+}
+
+/// Default UDP flow idle timeout.
+const UDP_IDLE_DEFAULT_MS: u64 = 60_000;
+
 pub(crate) fn compile_listener(
     l: &Listener,
     clusters: &HashMap<String, Arc<ClusterRt>>,
@@ -111,9 +158,57 @@ pub(crate) fn compile_listener(
     let router = Router::compile(&path, &l.virtual_hosts, |p, r| {
         compile_route(p, r, clusters)
     })?;
-    let tls = match (&l.protocol, &l.tls) {
-        (ListenerProtocol::Https, Some(t)) => Some(crate::tls::server_config(&path, t)?),
+    let mut sni = SniRouter::default();
+    if matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tls) {
+        for (i, r) in l.tls_routes.iter().enumerate() {
+            // HTTPS listeners terminate everything that is not passed through.
+            if l.protocol == ListenerProtocol::Https && r.mode != TlsMode::Passthrough {
+                continue;
+            }
+            let rpath = format!("{path}.tlsRoutes[{i}]");
+            let route = SniRoute {
+                name: r.id.to_string().into(),
+                mode: r.mode,
+                backends: l4_backends(&rpath, &r.backends, clusters)?,
+            };
+            sni.add(&r.hostnames, Arc::new(route));
+        }
+        sni.finish();
+    }
+    let l4 = match (l.protocol, l.l4_routes.first()) {
+        (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(r)) => {
+            let backends = l4_backends(&format!("{path}.l4Routes[0]"), &r.backends, clusters)?;
+            Some(L4Route {
+                name: r.id.to_string().into(),
+                endpoints: backends.endpoint_addrs(),
+                backends,
+                idle_timeout: std::time::Duration::from_millis(
+                    r.idle_timeout_ms.unwrap_or(UDP_IDLE_DEFAULT_MS).max(1),
+                ),
+            })
+        }
         _ => None,
+    };
+    let http3 = l.http3 && l.protocol == ListenerProtocol::Https;
+    let (tls, tls_error) = match (&l.protocol, &l.tls) {
+        (ListenerProtocol::Https, Some(t)) if !t.certificates.is_empty() => {
+            match crate::tls::server_config(&path, t, &[b"h2", b"http/1.1"], http3) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
+        (ListenerProtocol::Tls, Some(t)) if !t.certificates.is_empty() => {
+            match crate::tls::server_config(&path, t, &[], false) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
+        _ => (None, None),
+    };
+    let alt_svc = if http3 && tls.is_some() {
+        HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", l.port)).ok()
+    } else {
+        None
     };
     Ok(ListenerRuntime {
         name: l.name.as_str().into(),
@@ -121,6 +216,11 @@ pub(crate) fn compile_listener(
         protocol: l.protocol,
         router,
         tls,
+        sni,
+        l4,
+        alt_svc,
+        http3,
+        tls_error,
     })
 }
 

@@ -18,10 +18,13 @@ pub mod error;
 mod filters;
 mod fxhash;
 mod h1client;
+mod http3;
+mod l4;
 pub mod metrics;
 mod phases;
 pub mod router;
 mod server;
+mod sni;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 mod tls;
@@ -35,11 +38,12 @@ pub use filters::modify_path;
 pub use h1client::H1Body;
 
 use crate::compile::compile;
+use crate::http3::QuicShared;
 use crate::metrics::Metrics;
 use crate::server::{Command, ConnSettings, ListenerShared};
 use crate::upstream::{EndpointRt, PoolSettings};
 use arc_swap::ArcSwap;
-use sluice_ir::{ListenerProtocol, Snapshot, ValidationError};
+use sluice_ir::{Listener, ListenerProtocol, Snapshot, Transport, ValidationError};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +68,9 @@ pub struct ProxyOptions {
     /// How often each worker closes expired or dead idle upstream connections and forgets the
     /// pools of endpoints that are gone (default 5 s).
     pub pool_sweep_interval: Duration,
+    /// UDP flows (client addresses) tracked per UDP listener and worker; a new flow beyond
+    /// this replaces the one idle the longest (default 16384).
+    pub udp_max_flows: usize,
 }
 
 impl Default for ProxyOptions {
@@ -75,6 +82,7 @@ impl Default for ProxyOptions {
             upstream_idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 256,
             pool_sweep_interval: Duration::from_secs(5),
+            udp_max_flows: 16_384,
         }
     }
 }
@@ -93,6 +101,8 @@ pub struct ApplyReport {
 
 struct Control {
     listeners: HashMap<String, Arc<ListenerShared>>,
+    /// HTTP/3 endpoints, by the name of the HTTPS listener they belong to.
+    quic: HashMap<String, Arc<QuicShared>>,
     /// Listeners stopped but possibly still draining connections.
     draining: Vec<Arc<ListenerShared>>,
     endpoints: HashMap<SocketAddr, Arc<EndpointRt>>,
@@ -144,6 +154,7 @@ impl Proxy {
                 threads: std::sync::Mutex::new(threads),
                 control: tokio::sync::Mutex::new(Control {
                     listeners: HashMap::new(),
+                    quic: HashMap::new(),
                     draining: Vec::new(),
                     endpoints: HashMap::new(),
                 }),
@@ -169,7 +180,7 @@ impl Proxy {
             idle_timeout: self.inner.opts.upstream_idle_timeout,
             max_idle: self.inner.opts.max_idle_per_endpoint,
         };
-        let compiled = match compile(&snapshot, &ctl.endpoints, pool) {
+        let mut compiled = match compile(&snapshot, &ctl.endpoints, pool) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(version = snapshot.version, error = %e, "snapshot rejected");
@@ -180,20 +191,55 @@ impl Proxy {
         let settings = ConnSettings {
             header_read_timeout: self.inner.opts.header_read_timeout,
             tls_handshake_timeout: self.inner.opts.tls_handshake_timeout,
+            udp_max_flows: self.inner.opts.udp_max_flows.max(1),
         };
 
-        // Remove listeners that are gone (or no longer servable).
-        // HTTPS without certificates would only carry TLS passthrough routes, not served yet.
-        let servable = |l: &sluice_ir::Listener| match l.protocol {
-            ListenerProtocol::Http => true,
-            ListenerProtocol::Https => l.tls.as_ref().is_some_and(|t| !t.certificates.is_empty()),
-            _ => false,
-        };
+        // Each listener's runtime. A listener whose certificates do not compile keeps its
+        // previous ones (or, new, serves only what needs none); no other listener is affected.
+        let mut runtimes: HashMap<&str, Arc<compile::ListenerRuntime>> = HashMap::new();
+        for l in &snapshot.listeners {
+            let mut rt = compiled
+                .listeners
+                .remove(&l.name)
+                .expect("every listener is compiled");
+            if let Some(e) = rt.tls_error.clone() {
+                let previous = ctl
+                    .listeners
+                    .get(&l.name)
+                    .and_then(|live| live.slot.load().tls.clone());
+                let r = Arc::get_mut(&mut rt).expect("fresh runtime");
+                let why = match previous {
+                    Some(tls) => {
+                        if r.http3 && tls.quic.is_some() {
+                            r.alt_svc = http::HeaderValue::from_str(&format!(
+                                "h3=\":{}\"; ma=86400",
+                                l.port
+                            ))
+                            .ok();
+                        }
+                        r.tls = Some(tls);
+                        format!("{e}; the previous certificates keep serving")
+                    }
+                    None => format!("{e}; the listener serves no TLS termination"),
+                };
+                tracing::warn!(listener = %l.name, error = %why, "listener certificates rejected");
+                report.listener_errors.insert(l.name.clone(), why);
+            }
+            runtimes.insert(l.name.as_str(), rt);
+        }
+        // HTTPS needs certificates or passthrough routes to be served at all.
         let keep: HashMap<&str, bool> = snapshot
             .listeners
             .iter()
-            .map(|l| (l.name.as_str(), servable(l)))
+            .map(|l| {
+                let rt = &runtimes[l.name.as_str()];
+                let ok =
+                    l.protocol != ListenerProtocol::Https || rt.tls.is_some() || !rt.sni.is_empty();
+                (l.name.as_str(), ok)
+            })
             .collect();
+
+        // Remove listeners that are gone (or no longer servable).
         let removed: Vec<String> = ctl
             .listeners
             .keys()
@@ -207,51 +253,116 @@ impl Proxy {
                 ctl.draining.push(l);
             }
         }
+        // HTTP/3 endpoints whose listener is gone or no longer offers HTTP/3.
+        let quic_gone: Vec<String> = ctl
+            .quic
+            .keys()
+            .filter(|n| {
+                !ctl.listeners.contains_key(n.as_str())
+                    || runtimes
+                        .get(n.as_str())
+                        .is_none_or(|rt| rt.tls.as_ref().is_none_or(|t| t.quic.is_none()))
+            })
+            .cloned()
+            .collect();
+        for name in quic_gone {
+            if let Some(q) = ctl.quic.remove(&name) {
+                tracing::info!(listener = %name, "HTTP/3 stopped");
+                q.stop();
+            }
+        }
         ctl.draining
             .retain(|l| l.connections.load(Ordering::Acquire) > 0);
 
+        let workers = self.inner.workers.lock().expect("workers lock").clone();
         for l in &snapshot.listeners {
-            let rt = compiled.listeners[&l.name].clone();
-            if !servable(l) {
-                let why = match l.protocol {
-                    ListenerProtocol::Https => {
-                        "HTTPS without certificates (TLS passthrough only) is not served yet".into()
-                    }
-                    p => format!(
-                        "protocol {} is not served by the L7 proxy yet",
-                        format!("{p:?}").to_uppercase()
-                    ),
-                };
-                report.listener_errors.insert(l.name.clone(), why);
-                continue;
-            }
-            if let Some(live) = ctl.listeners.get(&l.name) {
-                live.slot.store(rt);
+            let mut rt = runtimes.remove(l.name.as_str()).expect("runtime");
+            if !keep[l.name.as_str()] {
+                report
+                    .listener_errors
+                    .entry(l.name.clone())
+                    .or_insert_with(|| {
+                        "HTTPS listener without usable certificates or TLS passthrough routes"
+                            .into()
+                    });
                 continue;
             }
             let addr = SocketAddr::new(l.address, l.port);
-            let workers = self.inner.workers.lock().expect("workers lock").clone();
             if workers.is_empty() {
                 report
                     .listener_errors
                     .insert(l.name.clone(), "the proxy is shut down".into());
                 continue;
             }
-            match server::bind(addr, workers.len()) {
-                Ok(sockets) => {
-                    let shared = ListenerShared::new(rt, self.inner.metrics.clone(), settings);
-                    for (w, s) in workers.iter().zip(sockets) {
-                        let _ = w.send(Command::Serve(shared.clone(), s));
+            // HTTP/3: a UDP endpoint next to the TCP socket, unless it is already running.
+            let wants_quic = rt.tls.as_ref().is_some_and(|t| t.quic.is_some());
+            let mut quic_sockets = None;
+            if wants_quic && !ctl.quic.contains_key(&l.name) {
+                let twin = Listener::key(Transport::Udp, l.address, l.port);
+                let bound = if snapshot.listener(&twin).is_some() {
+                    Err(format!(
+                        "HTTP/3 not served: UDP listener {twin} uses the same port"
+                    ))
+                } else {
+                    server::bind_udp(addr, workers.len())
+                        .map_err(|e| format!("HTTP/3 not served: cannot bind UDP {addr}: {e}"))
+                };
+                match bound {
+                    Ok(socks) => quic_sockets = Some(socks),
+                    Err(why) => {
+                        tracing::warn!(listener = %l.name, error = %why, "HTTP/3 unavailable");
+                        if let Some(r) = Arc::get_mut(&mut rt) {
+                            r.alt_svc = None;
+                        }
+                        report.listener_errors.entry(l.name.clone()).or_insert(why);
                     }
-                    tracing::info!(listener = %l.name, %addr, "listener bound");
-                    ctl.listeners.insert(l.name.clone(), shared);
                 }
-                Err(e) => {
-                    tracing::warn!(listener = %l.name, %addr, error = %e, "cannot bind listener");
-                    report
-                        .listener_errors
-                        .insert(l.name.clone(), format!("cannot bind {addr}: {e}"));
+            }
+            let shared = if let Some(live) = ctl.listeners.get(&l.name) {
+                live.slot.store(rt);
+                live.clone()
+            } else {
+                let bound = if l.protocol == ListenerProtocol::Udp {
+                    server::bind_udp(addr, workers.len()).map(|socks| {
+                        let shared = ListenerShared::new(rt, self.inner.metrics.clone(), settings);
+                        for (w, s) in workers.iter().zip(socks) {
+                            let _ = w.send(Command::ServeUdp(shared.clone(), s));
+                        }
+                        shared
+                    })
+                } else {
+                    server::bind(addr, workers.len()).map(|socks| {
+                        let shared = ListenerShared::new(rt, self.inner.metrics.clone(), settings);
+                        for (w, s) in workers.iter().zip(socks) {
+                            let _ = w.send(Command::Serve(shared.clone(), s));
+                        }
+                        shared
+                    })
+                };
+                match bound {
+                    Ok(shared) => {
+                        tracing::info!(listener = %l.name, %addr, "listener bound");
+                        ctl.listeners.insert(l.name.clone(), shared.clone());
+                        shared
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = %l.name, %addr, error = %e, "cannot bind listener");
+                        report
+                            .listener_errors
+                            .insert(l.name.clone(), format!("cannot bind {addr}: {e}"));
+                        continue;
+                    }
                 }
+            };
+            if let Some(q) = ctl.quic.get(&l.name) {
+                q.refresh();
+            } else if let Some(socks) = quic_sockets {
+                let q = QuicShared::new(shared);
+                for (w, s) in workers.iter().zip(socks) {
+                    let _ = w.send(Command::ServeQuic(q.clone(), s));
+                }
+                tracing::info!(listener = %l.name, %addr, "HTTP/3 bound");
+                ctl.quic.insert(l.name.clone(), q);
             }
         }
         ctl.endpoints = compiled.endpoints;
@@ -295,6 +406,9 @@ impl Proxy {
     pub async fn shutdown(&self, grace: Duration) {
         let mut guard = self.inner.control.lock().await;
         let ctl = &mut *guard;
+        for (_, q) in ctl.quic.drain() {
+            q.stop();
+        }
         let all: Vec<Arc<ListenerShared>> = ctl
             .listeners
             .drain()

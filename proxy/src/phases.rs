@@ -16,7 +16,7 @@
 //!           logging (metrics, always)
 //! ```
 
-use crate::body::{ProxyBody, ReqBody};
+use crate::body::{BoxError, Downstream, ProxyBody, ReqBody};
 use crate::compile::ListenerRuntime;
 use crate::error::{ErrorKind, HttpError, RetryType};
 use crate::filters::{Filters, RequestFilter, modify_path};
@@ -29,7 +29,6 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use sluice_ir::UpstreamProtocol;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,6 +45,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What a downstream connection knows about itself.
 #[derive(Debug)]
@@ -56,6 +56,8 @@ pub(crate) struct ConnCtx {
     pub(crate) client: SocketAddr,
     /// Whether the connection is TLS.
     pub(crate) tls: bool,
+    /// Whether the connection is HTTP/3 (QUIC).
+    pub(crate) h3: bool,
 }
 
 /// State of one request as it moves through the phases.
@@ -84,11 +86,11 @@ pub(crate) trait HttpPhases {
     /// Default: answers CORS preflights of routes with a CORS filter (204 with the allowed
     /// origin, methods, headers, max-age) and RequestRedirect (the configured status with a
     /// `Location` built from Gateway API's scheme/host/port/path rules). Returns `None` to go on.
-    fn request_filter(
+    fn request_filter<B>(
         &self,
         ctx: &mut RequestCtx<'_>,
         route: &Route,
-        req: &Request<Incoming>,
+        req: &Request<B>,
     ) -> Option<Response<ProxyBody>> {
         if let Some(cors) = &route.filters.cors {
             if req.method() == Method::OPTIONS
@@ -362,10 +364,14 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Entry point of the service: one request through all phases.
-pub(crate) async fn handle(
-    req: Request<Incoming>,
+pub(crate) async fn handle<B>(
+    req: Request<B>,
     conn: Arc<ConnCtx>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: Downstream,
+    B::Error: Into<BoxError>,
+{
     let phases = Gateway;
     let rt = conn.listener.slot.load_full();
     let mut ctx = RequestCtx {
@@ -377,7 +383,7 @@ pub(crate) async fn handle(
         listener_port: rt.port,
         start: Instant::now(),
     };
-    let resp = match proxy(&phases, &rt, &conn, &mut ctx, req).await {
+    let mut resp = match proxy(&phases, &rt, &conn, &mut ctx, req).await {
         Ok(r) => r,
         Err(e) => {
             if e.kind != ErrorKind::NoRoute {
@@ -387,21 +393,38 @@ pub(crate) async fn handle(
             phases.fail_to_proxy(&ctx, &e)
         }
     };
+    if let Some(v) = &rt.alt_svc
+        && !conn.h3
+    {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
     phases.logging(&conn, &ctx, resp.status());
     Ok(resp)
 }
 
-async fn proxy<'a, P: HttpPhases>(
+async fn proxy<'a, P: HttpPhases, B>(
     phases: &P,
     rt: &'a ListenerRuntime,
     conn: &ConnCtx,
     ctx: &mut RequestCtx<'a>,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, HttpError> {
+    mut req: Request<B>,
+) -> Result<Response<ProxyBody>, HttpError>
+where
+    B: Downstream,
+    B::Error: Into<BoxError>,
+{
     ctx.grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The client's gRPC deadline bounds the wait for the response head.
+    let grpc_deadline = if ctx.grpc {
+        req.headers()
+            .get(&GRPC_TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+    } else {
+        None
+    };
     let route = {
         let head = RequestHead {
             host: request_host(&req).unwrap_or(""),
@@ -448,11 +471,11 @@ async fn proxy<'a, P: HttpPhases>(
         match Box::pin(body.collect()).await {
             Ok(c) => ReqBody::full(c.to_bytes()),
             Err(e) => {
-                return Err(HttpError::new(ErrorKind::BadRequest).because(e));
+                return Err(HttpError::new(ErrorKind::BadRequest).because(e.into()));
             }
         }
     } else {
-        ReqBody::Incoming(body)
+        body.into_req_body()
     };
 
     // Mirrors see the request as it goes upstream.
@@ -474,8 +497,8 @@ async fn proxy<'a, P: HttpPhases>(
                 let hint = other.size_hint();
                 let taken = std::mem::replace(other, ReqBody::Empty);
                 *other = match taken {
-                    ReqBody::Incoming(b) => ReqBody::Tee {
-                        body: b,
+                    t @ (ReqBody::Incoming(_) | ReqBody::Boxed(_)) => ReqBody::Tee {
+                        body: Box::new(t),
                         tx: Some(tx),
                     },
                     t => t,
@@ -497,7 +520,7 @@ async fn proxy<'a, P: HttpPhases>(
 
     let req = Request::from_parts(head, body);
     let metrics = &conn.listener.metrics;
-    let sent = if route.retry.is_none() && route.timeouts.is_empty() {
+    let sent = if route.retry.is_none() && route.timeouts.is_empty() && grpc_deadline.is_none() {
         // The common case: one attempt, no timers. Kept flat so that the request's future
         // (moved into hyper's dispatcher for every request) stays small.
         let ep = cluster
@@ -513,7 +536,15 @@ async fn proxy<'a, P: HttpPhases>(
             }
         }
     } else {
-        Box::pin(with_policies(route, cluster, req, upgrade, metrics)).await?
+        Box::pin(with_policies(
+            route,
+            cluster,
+            req,
+            upgrade,
+            metrics,
+            grpc_deadline,
+        ))
+        .await?
     };
     let Sent { mut response } = sent;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -575,13 +606,15 @@ fn prepare_uri(head: &mut http::request::Parts, proto: UpstreamProtocol) -> Resu
     Ok(())
 }
 
-/// Retries and timeouts: `timeouts.request` around all attempts.
+/// Retries and timeouts: `timeouts.request` (or the client's shorter `grpc-timeout`) around
+/// all attempts.
 async fn with_policies(
     route: &Route,
     cluster: &ClusterRt,
     req: Request<ReqBody>,
     upgrade: bool,
     metrics: &crate::metrics::Metrics,
+    grpc_deadline: Option<Duration>,
 ) -> Result<Sent, HttpError> {
     let retries = route.retry.as_ref().map_or(0, |r| r.attempts);
     let replay = retries > 0 && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
@@ -597,8 +630,15 @@ async fn with_policies(
         _ => None,
     };
     let attempts = attempts(route, cluster, req, template, replay_body, upgrade, metrics);
-    match route.timeouts.request_ms {
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempts)
+    let limit = match (
+        route.timeouts.request_ms.map(Duration::from_millis),
+        grpc_deadline,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match limit {
+        Some(d) => tokio::time::timeout(d, attempts)
             .await
             .map_err(|_| HttpError::new(ErrorKind::RequestTimeout))?,
         None => attempts.await,
@@ -693,6 +733,24 @@ async fn attempts(
     }
 }
 
+/// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Sends a mirrored request and drains its response; failures are only logged.
 async fn mirror(cluster: Arc<ClusterRt>, req: Request<ReqBody>) {
     let Some(ep) = cluster.pick(None).cloned() else {
@@ -708,6 +766,30 @@ async fn mirror(cluster: Arc<ClusterRt>, req: Request<ReqBody>) {
 }
 
 #[cfg(test)]
+mod grpc_tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout(b"1S"), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"S"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+        assert_eq!(parse_grpc_timeout(b"-1S"), None);
+    }
+}
+
+#[cfg(test)]
 mod size_tests {
     fn ret_size<A, B, Fut>(_: fn(A, B) -> Fut) -> usize {
         std::mem::size_of::<Fut>()
@@ -717,7 +799,7 @@ mod size_tests {
     /// (rare paths are boxed). ~3.4 KiB in release builds when this was written.
     #[test]
     fn request_future_stays_small() {
-        let size = ret_size(super::handle as fn(_, _) -> _);
+        let size = ret_size(super::handle::<hyper::body::Incoming> as fn(_, _) -> _);
         assert!(size < 8192, "request future grew to {size} bytes");
     }
 }

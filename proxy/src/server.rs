@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use sluice_ir::ListenerProtocol;
+use sluice_ir::{ListenerProtocol, TlsMode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch};
 pub(crate) struct ConnSettings {
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) tls_handshake_timeout: Duration,
+    /// UDP flows kept per listener and worker.
+    pub(crate) udp_max_flows: usize,
 }
 
 /// A live listener, shared by its accept loops (one per worker) and its connections.
@@ -39,12 +41,12 @@ pub(crate) struct ListenerShared {
     pub(crate) slot: ArcSwap<ListenerRuntime>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) latency: Histogram,
-    active: Gauge,
+    pub(crate) active: Gauge,
     /// Open connections (all workers).
     pub(crate) connections: AtomicUsize,
     /// `true`: stop accepting and drain connections.
     pub(crate) stop: watch::Sender<bool>,
-    settings: ConnSettings,
+    pub(crate) settings: ConnSettings,
 }
 
 impl ListenerShared {
@@ -86,10 +88,33 @@ pub(crate) fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::
     Ok(out)
 }
 
+/// Binds `n` UDP sockets to `addr` with `SO_REUSEPORT` (one per worker; the kernel keeps a
+/// client address on one socket).
+pub(crate) fn bind_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
 /// A message to a worker.
 pub(crate) enum Command {
     /// Accept on this socket for this listener.
     Serve(Arc<ListenerShared>, std::net::TcpListener),
+    /// Forward datagrams received on this socket (UDP listener).
+    ServeUdp(Arc<ListenerShared>, std::net::UdpSocket),
+    /// Serve HTTP/3 on this socket (QUIC endpoint of an HTTPS listener).
+    ServeQuic(Arc<crate::http3::QuicShared>, std::net::UdpSocket),
 }
 
 /// Starts a worker thread.
@@ -124,6 +149,16 @@ pub(crate) fn spawn_worker(
                                 tracing::error!(listener = %shared.name, error = %e, "cannot register listener")
                             }
                         },
+                        Command::ServeUdp(shared, sock) => match tokio::net::UdpSocket::from_std(sock) {
+                            Ok(s) => {
+                                let max = shared.settings.udp_max_flows;
+                                tokio::spawn(crate::l4::serve_udp(shared, s, max));
+                            }
+                            Err(e) => {
+                                tracing::error!(listener = %shared.name, error = %e, "cannot register UDP socket")
+                            }
+                        },
+                        Command::ServeQuic(quic, sock) => crate::http3::serve(quic, sock),
                     }
                 }
             });
@@ -156,7 +191,16 @@ async fn accept_loop(shared: Arc<ListenerShared>, listener: tokio::net::TcpListe
     }
 }
 
-struct ConnGuard(Arc<ListenerShared>);
+/// Counts a downstream connection (QUIC ones too) while it lives.
+pub(crate) struct ConnGuard(pub(crate) Arc<ListenerShared>);
+
+impl ConnGuard {
+    pub(crate) fn new(shared: &Arc<ListenerShared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        shared.active.inc();
+        ConnGuard(shared.clone())
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -166,58 +210,163 @@ impl Drop for ConnGuard {
 }
 
 async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: SocketAddr) {
-    shared.connections.fetch_add(1, Ordering::AcqRel);
-    shared.active.inc();
-    let _guard = ConnGuard(shared.clone());
+    let _guard = ConnGuard::new(&shared);
     let _ = stream.set_nodelay(true);
     let rt = shared.slot.load_full();
-    let tls = rt.tls.clone();
-    let protocol = rt.protocol;
-    drop(rt);
-    let ip = peer.ip().to_canonical();
-    let ctx = |tls: bool| {
-        Arc::new(ConnCtx {
-            listener: shared.clone(),
-            client_ip: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
-            client: peer,
-            tls,
-        })
-    };
-    match protocol {
+    match rt.protocol {
         ListenerProtocol::Http => {
+            drop(rt);
             let h2 = match sniff_h2(&stream).await {
                 Some(h2) => h2,
                 None => return,
             };
-            serve_http(TokioIo::new(stream), h2, ctx(false)).await;
+            serve_http(TokioIo::new(stream), h2, conn_ctx(&shared, peer, false)).await;
         }
-        ListenerProtocol::Https => {
-            let Some(cfg) = tls else { return };
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let hs = tokio::time::timeout(
-                shared.settings.tls_handshake_timeout,
-                acceptor.accept(stream),
+        ListenerProtocol::Https if rt.sni.is_empty() => {
+            let Some(cfg) = rt.tls.as_ref().map(|t| t.tcp.clone()) else {
+                return;
+            };
+            drop(rt);
+            serve_https(&shared, cfg, stream, peer).await;
+        }
+        ListenerProtocol::Https | ListenerProtocol::Tls => {
+            serve_sni(&shared, rt, stream, peer).await;
+        }
+        ListenerProtocol::Tcp => {
+            let Some(route) = rt.l4.as_ref() else {
+                return;
+            };
+            crate::l4::forward(&shared, &route.name, &route.backends, stream, &[], peer).await;
+        }
+        // UDP listeners bind datagram sockets (see `crate::l4::serve_udp`).
+        ListenerProtocol::Udp => {}
+    }
+}
+
+fn conn_ctx(shared: &Arc<ListenerShared>, peer: SocketAddr, tls: bool) -> Arc<ConnCtx> {
+    let ip = peer.ip().to_canonical();
+    Arc::new(ConnCtx {
+        listener: shared.clone(),
+        client_ip: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
+        client: peer,
+        tls,
+        h3: false,
+    })
+}
+
+/// TLS termination, then HTTP/1.1 or HTTP/2 by ALPN.
+async fn serve_https<S>(
+    shared: &Arc<ListenerShared>,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: S,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls_stream) = tls_accept(shared, cfg, stream, peer).await else {
+        return;
+    };
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(TokioIo::new(tls_stream), h2, conn_ctx(shared, peer, true)).await;
+}
+
+async fn tls_accept<S>(
+    shared: &Arc<ListenerShared>,
+    cfg: Arc<rustls::ServerConfig>,
+    stream: S,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let hs = tokio::time::timeout(
+        shared.settings.tls_handshake_timeout,
+        acceptor.accept(stream),
+    )
+    .await;
+    match hs {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %shared.name, client = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// TLS listeners and HTTPS listeners with passthrough routes: the ClientHello's SNI picks a
+/// TLS route (passthrough: the encrypted stream goes to the backend untouched; terminate: the
+/// plain stream does); without a matching route an HTTPS listener terminates and serves HTTP,
+/// a TLS listener closes the connection.
+async fn serve_sni(
+    shared: &Arc<ListenerShared>,
+    rt: Arc<ListenerRuntime>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let hello = tokio::time::timeout(
+        shared.settings.tls_handshake_timeout,
+        crate::sni::read_client_hello(&mut stream),
+    )
+    .await;
+    let hello = match hello {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %shared.name, client = %peer, error = %e, "no ClientHello");
+            return;
+        }
+        Err(_) => return,
+    };
+    match rt.sni.find(hello.sni.as_deref()) {
+        Some(route) if route.mode == TlsMode::Passthrough => {
+            let route = route.clone();
+            drop(rt);
+            crate::l4::forward(
+                shared,
+                &route.name,
+                &route.backends,
+                stream,
+                &hello.bytes,
+                peer,
             )
             .await;
-            let tls_stream = match hs {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %shared.name, client = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(TokioIo::new(tls_stream), h2, ctx(true)).await;
         }
-        // TLS passthrough/terminate-to-TCP, TCP and UDP are served by their own forwarders;
-        // until then the connection is closed.
-        ListenerProtocol::Tls | ListenerProtocol::Tcp | ListenerProtocol::Udp => {}
+        Some(route) => {
+            let route = route.clone();
+            let Some(cfg) = rt.tls.as_ref().map(|t| t.tcp.clone()) else {
+                tracing::debug!(listener = %shared.name, client = %peer, route = %route.name, "no certificate to terminate with; connection closed");
+                return;
+            };
+            drop(rt);
+            let stream = crate::l4::Prefixed::new(hello.bytes, stream);
+            let Some(tls) = tls_accept(shared, cfg, stream, peer).await else {
+                return;
+            };
+            crate::l4::forward(shared, &route.name, &route.backends, tls, &[], peer).await;
+        }
+        None if rt.protocol == ListenerProtocol::Https => {
+            let Some(cfg) = rt.tls.as_ref().map(|t| t.tcp.clone()) else {
+                tracing::debug!(listener = %shared.name, client = %peer, sni = ?hello.sni, "no TLS route and no certificate; connection closed");
+                return;
+            };
+            drop(rt);
+            serve_https(
+                shared,
+                cfg,
+                crate::l4::Prefixed::new(hello.bytes, stream),
+                peer,
+            )
+            .await;
+        }
+        None => {
+            tracing::debug!(listener = %shared.name, client = %peer, sni = ?hello.sni, "no TLS route matches; connection closed");
+        }
     }
 }
 
 /// Resolves once the listener is told to stop (never if its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -251,7 +400,7 @@ async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
     Some(false)
 }
 
-async fn serve_http<I>(io: TokioIo<I>, h2: bool, ctx: Arc<ConnCtx>)
+pub(crate) async fn serve_http<I>(io: TokioIo<I>, h2: bool, ctx: Arc<ConnCtx>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

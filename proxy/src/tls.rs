@@ -88,11 +88,31 @@ fn certified_key(path: &str, c: &ServerCertificate) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(ck))
 }
 
-/// Builds the server configuration of an HTTPS listener.
+/// The compiled TLS settings of a listener: the TCP configuration and, for HTTP/3, the QUIC one
+/// (same certificates and client validation, TLS 1.3, ALPN `h3`).
+#[derive(Clone)]
+pub(crate) struct ListenerTls {
+    pub(crate) tcp: Arc<ServerConfig>,
+    pub(crate) quic: Option<quinn::ServerConfig>,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("alpn", &self.tcp.alpn_protocols)
+            .field("quic", &self.quic.is_some())
+            .finish()
+    }
+}
+
+/// Builds the server configurations of a listener. `default_alpn`: offered when the IR lists
+/// none (`h2`, `http/1.1` on HTTPS; nothing on TLS listeners that forward streams).
 pub(crate) fn server_config(
     path: &str,
     t: &TlsTermination,
-) -> Result<Arc<ServerConfig>, CompileError> {
+    default_alpn: &[&[u8]],
+    http3: bool,
+) -> Result<ListenerTls, CompileError> {
     let mut r = SniResolver::default();
     let mut first = None;
     for (i, c) in t.certificates.iter().enumerate() {
@@ -110,15 +130,16 @@ pub(crate) fn server_config(
             }
         }
     }
+    if first.is_none() {
+        return Err(CompileError::new(path, "no certificate"));
+    }
     r.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     if r.default.is_none() {
         r.default = first;
     }
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| CompileError::new(path, format!("TLS versions: {e}")))?;
-    let builder = match &t.client_validation {
-        None => builder.with_no_client_auth(),
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::new(r);
+    let verifier = match &t.client_validation {
+        None => None,
         Some(v) => {
             let mut roots = RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(v.ca_pem.as_bytes()) {
@@ -133,17 +154,43 @@ pub(crate) fn server_config(
                 ClientValidationMode::AllowValidOnly => vb,
                 ClientValidationMode::AllowInsecureFallback => vb.allow_unauthenticated(),
             };
-            let verifier = vb
-                .build()
-                .map_err(|e| CompileError::new(path, format!("client validation: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
+            Some(
+                vb.build()
+                    .map_err(|e| CompileError::new(path, format!("client validation: {e}")))?,
+            )
         }
     };
-    let mut cfg = builder.with_cert_resolver(Arc::new(r));
+    let build = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| CompileError::new(path, format!("TLS versions: {e}")))?;
+        let builder = match &verifier {
+            None => builder.with_no_client_auth(),
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+        };
+        Ok::<_, CompileError>(builder.with_cert_resolver(resolver.clone()))
+    };
+    let mut cfg = build(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     cfg.alpn_protocols = if t.alpn.is_empty() {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        default_alpn.iter().map(|a| a.to_vec()).collect()
     } else {
         t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
     };
-    Ok(Arc::new(cfg))
+    let quic = if http3 {
+        let mut q = build(&[&rustls::version::TLS13])?;
+        q.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(q)
+            .map_err(|e| CompileError::new(path, format!("QUIC TLS: {e}")))?;
+        let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        // Every worker has its own endpoint on the port (SO_REUSEPORT, spread by client
+        // address): a client that moved would reach an endpoint that does not know it.
+        sc.migration(false);
+        Some(sc)
+    } else {
+        None
+    };
+    Ok(ListenerTls {
+        tcp: Arc::new(cfg),
+        quic,
+    })
 }

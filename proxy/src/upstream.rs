@@ -139,6 +139,11 @@ impl ClusterRt {
         })
     }
 
+    /// Addresses of all endpoints (ready or not).
+    pub(crate) fn endpoint_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.endpoints.iter().map(|e| e.addr)
+    }
+
     /// Chooses an endpoint, avoiding `avoid` when another one is available.
     pub(crate) fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Arc<EndpointRt>> {
         let set = if self.primary.is_empty() {
@@ -348,7 +353,10 @@ impl Drop for Done {
 }
 
 /// TCP connect, then the TLS handshake when the cluster has TLS, within the connect timeout.
-async fn connect_tcp(cluster: &ClusterRt, addr: SocketAddr) -> Result<UpStream, HttpError> {
+pub(crate) async fn connect_tcp(
+    cluster: &ClusterRt,
+    addr: SocketAddr,
+) -> Result<UpStream, HttpError> {
     let fut = async {
         let s = TcpStream::connect(addr).await?;
         let _ = s.set_nodelay(true);
