@@ -2,7 +2,6 @@
 //! type that carries plain or TLS connections to endpoints.
 
 use crate::compile::CompileError;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -29,34 +28,62 @@ impl std::fmt::Debug for UpstreamTlsRt {
     }
 }
 
-/// Accepts the server certificate when it is valid for any of the listed names (the IR's
-/// `subjectAltNames`), instead of the SNI.
+/// Accepts the server certificate when its chain leads to a trusted CA and it carries any of
+/// the listed subject alternative names (the IR's `subjectAltNames`: DNS names, or URIs such
+/// as SPIFFE ids compared exactly), instead of the SNI.
 #[derive(Debug)]
-struct AnyNameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+struct SanVerifier {
+    roots: Arc<RootCertStore>,
     names: Vec<ServerName<'static>>,
+    uris: Vec<String>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AnyNameVerifier {
+impl SanVerifier {
+    fn has_uri(&self, end_entity: &CertificateDer<'_>) -> bool {
+        if self.uris.is_empty() {
+            return false;
+        }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+            return false;
+        };
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return false;
+        };
+        san.value.general_names.iter().any(|n| {
+            matches!(n, x509_parser::extensions::GeneralName::URI(u) if self.uris.iter().any(|w| w == u))
+        })
+    }
+}
+
+impl ServerCertVerifier for SanVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        ocsp: &[u8],
+        _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut last = rustls::Error::General("no subject alternative name to verify".into());
-        for n in &self.names {
-            match self
-                .inner
-                .verify_server_cert(end_entity, intermediates, n, ocsp, now)
-            {
-                Ok(v) => return Ok(v),
-                Err(e) => last = e,
-            }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        if self
+            .names
+            .iter()
+            .any(|n| rustls::client::verify_server_name(&parsed, n).is_ok())
+            || self.has_uri(end_entity)
+        {
+            return Ok(ServerCertVerified::assertion());
         }
-        Err(last)
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName,
+        ))
     }
 
     fn verify_tls12_signature(
@@ -65,7 +92,7 @@ impl ServerCertVerifier for AnyNameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
@@ -74,12 +101,35 @@ impl ServerCertVerifier for AnyNameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algs.supported_schemes()
     }
+}
+
+/// The system trust store (`WellKnownCACertificates: System`), loaded once.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            for e in &loaded.errors {
+                tracing::warn!(error = %e, "reading the system trust store");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "the system trust store has no usable CA certificate; TLS to upstreams without a CA will fail verification"
+                );
+            } else {
+                tracing::debug!(added, ignored, "system trust store loaded");
+            }
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 /// Compiles a cluster's upstream TLS settings.
@@ -89,48 +139,50 @@ pub(crate) fn compile(
     protocol: UpstreamProtocol,
 ) -> Result<UpstreamTlsRt, CompileError> {
     let err = |m: String| CompileError::new(format!("{path}.tls"), m);
-    let Some(ca) = &t.ca_pem else {
-        return Err(err(
-            "a CA certificate is required (the system trust store is not used)".into(),
-        ));
+    let roots = match &t.ca_pem {
+        None => system_roots(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let c = c.map_err(|e| err(format!("invalid CA PEM: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| err(format!("invalid CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(err("no CA certificate in PEM".into()));
+            }
+            Arc::new(roots)
+        }
     };
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        let c = c.map_err(|e| err(format!("invalid CA PEM: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| err(format!("invalid CA certificate: {e}")))?;
-    }
     let server_name = ServerName::try_from(t.sni.clone())
         .map_err(|e| err(format!("invalid SNI {:?}: {e}", t.sni)))?;
     let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| err(e.to_string()))?;
-    let roots = Arc::new(roots);
     let builder = if t.subject_alt_names.is_empty() {
         builder.with_root_certificates(roots)
     } else {
-        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| err(e.to_string()))?;
         let mut names = Vec::new();
+        let mut uris = Vec::new();
         for san in &t.subject_alt_names {
             match san {
                 SubjectAltName::Hostname(h) => names
                     .push(ServerName::try_from(h.clone()).map_err(|e| {
                         err(format!("invalid subject alternative name {h:?}: {e}"))
                     })?),
-                SubjectAltName::Uri(u) => {
-                    return Err(err(format!(
-                        "URI subject alternative names are not supported yet ({u:?})"
-                    )));
-                }
+                SubjectAltName::Uri(u) => uris.push(u.clone()),
             }
         }
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyNameVerifier { inner, names }))
+            .with_custom_certificate_verifier(Arc::new(SanVerifier {
+                roots,
+                names,
+                uris,
+                algs: provider.signature_verification_algorithms,
+            }))
     };
     let mut cfg = match &t.client_certificate {
         None => builder.with_no_client_auth(),

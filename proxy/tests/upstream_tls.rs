@@ -12,6 +12,15 @@ async fn tls_upstream(names: &[&str]) -> (std::net::SocketAddr, String) {
     let ck =
         rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
+    tls_upstream_with(ck.cert, ck.signing_key).await
+}
+
+/// An HTTPS upstream presenting this certificate.
+async fn tls_upstream_with(
+    cert: rcgen::Certificate,
+    signing_key: rcgen::KeyPair,
+) -> (std::net::SocketAddr, String) {
+    let ck = rcgen::CertifiedKey { cert, signing_key };
     let cert_pem = ck.cert.pem();
     let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -152,34 +161,69 @@ async fn tls_to_upstreams() {
 }
 
 #[tokio::test]
-async fn upstream_tls_without_ca_is_rejected() {
+async fn system_trust_store_and_uri_subject_alt_names() {
+    // A certificate carrying a SPIFFE id as URI subject alternative name.
+    let spiffe = "spiffe://cluster.local/ns/default/sa/backend";
+    let mut params = rcgen::CertificateParams::new(vec!["backend.internal".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(spiffe.try_into().unwrap()));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (addr, ca) = tls_upstream_with(cert, key).await;
+
     let port = free_port();
-    let mut c = cluster("c", &[std::net::SocketAddr::from(([127, 0, 0, 1], 1))]);
-    c.tls = Some(UpstreamTls {
-        sni: "x".into(),
+    let uri_cluster = |name: &str, uri: &str| {
+        let mut c = cluster(name, &[addr]);
+        c.tls = Some(UpstreamTls {
+            sni: "ignored.example".into(),
+            ca_pem: Some(ca.clone()),
+            subject_alt_names: vec![
+                SubjectAltName::Hostname("nope.internal".into()),
+                SubjectAltName::Uri(uri.into()),
+            ],
+            client_certificate: None,
+            alpn: vec![],
+        });
+        c
+    };
+    // No CA: the system trust store, which does not know this self-signed certificate.
+    let mut system = cluster("system", &[addr]);
+    system.tls = Some(UpstreamTls {
+        sni: "backend.internal".into(),
         ca_pem: None,
         subject_alt_names: vec![],
         client_certificate: None,
         alpn: vec![],
     });
+    let routes = vec![
+        route("uri").prefix("/uri").backend("uri", 1).build(),
+        route("wrong-uri")
+            .prefix("/wrong-uri")
+            .backend("wrong-uri", 1)
+            .build(),
+        route("system")
+            .prefix("/system")
+            .backend("system", 1)
+            .build(),
+    ];
     let s = snapshot(
-        vec![http_listener(
-            port,
-            vec![vhost("*", vec![route("r").backend("c", 1).build()])],
-        )],
-        vec![c],
+        vec![http_listener(port, vec![vhost("*", routes)])],
+        vec![
+            uri_cluster("uri", spiffe),
+            uri_cluster("wrong-uri", "spiffe://cluster.local/ns/default/sa/other"),
+            system,
+        ],
     );
-    let p = sluice_proxy::Proxy::start(sluice_proxy::ProxyOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .unwrap();
-    let rep = p.apply(s).await;
-    assert!(!rep.applied);
-    assert!(
-        rep.validation_errors[0]
-            .to_string()
-            .contains("clusters[c].tls"),
-        "{rep:?}"
+    // `start` asserts the snapshot applies: a cluster without CA is no longer rejected.
+    let _p = start(s).await;
+    let c = client();
+    let r = get(&c, port, "h", "/uri").await;
+    assert_eq!(r.text(), "tls:HTTP/1.1:/uri", "{r:?}");
+    assert_eq!(get(&c, port, "h", "/wrong-uri").await.status, 502);
+    assert_eq!(
+        get(&c, port, "h", "/system").await.status,
+        502,
+        "a self-signed upstream is not trusted by the system store"
     );
 }
