@@ -246,7 +246,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
             .not_ready
             .store(true, std::sync::atomic::Ordering::Release);
         proxy.shutdown(Duration::from_secs(5)).await;
-        if let Some(dp) = datapath.and_then(|d| Arc::into_inner(d)) {
+        if let Some(dp) = datapath.and_then(Arc::into_inner) {
             dp.into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .leave_attached();
