@@ -89,6 +89,21 @@ pub struct Resources {
     pub errors: Vec<ConfigError>,
 }
 
+/// Kind-independent operations on a [`Store`].
+trait AnyStore {
+    fn has(&self, k: &Key) -> bool;
+    fn remove_key(&mut self, k: &Key) -> bool;
+}
+
+impl<K> AnyStore for Store<K> {
+    fn has(&self, k: &Key) -> bool {
+        self.contains_key(k)
+    }
+    fn remove_key(&mut self, k: &Key) -> bool {
+        self.remove(k).is_some()
+    }
+}
+
 /// One typed object of any kind Sluice reads.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
@@ -353,6 +368,70 @@ impl Resources {
             self.sources.insert(r, s);
         }
         Ok(())
+    }
+
+    /// The store of a kind (`HTTPRoute`, `Service`, ...), type-erased.
+    fn store_of(&self, kind: &str) -> Option<&dyn AnyStore> {
+        Some(match kind {
+            "GatewayClass" => &self.gateway_classes,
+            "Gateway" => &self.gateways,
+            "ListenerSet" => &self.listener_sets,
+            "HTTPRoute" => &self.http_routes,
+            "GRPCRoute" => &self.grpc_routes,
+            "TLSRoute" => &self.tls_routes,
+            "TCPRoute" => &self.tcp_routes,
+            "UDPRoute" => &self.udp_routes,
+            "ReferenceGrant" => &self.reference_grants,
+            "BackendTLSPolicy" => &self.backend_tls_policies,
+            "Ingress" => &self.ingresses,
+            "IngressClass" => &self.ingress_classes,
+            "Namespace" => &self.namespaces,
+            "Service" => &self.services,
+            "EndpointSlice" => &self.endpoint_slices,
+            "Secret" => &self.secrets,
+            "ConfigMap" => &self.config_maps,
+            _ => return None,
+        })
+    }
+
+    fn store_of_mut(&mut self, kind: &str) -> Option<&mut dyn AnyStore> {
+        Some(match kind {
+            "GatewayClass" => &mut self.gateway_classes,
+            "Gateway" => &mut self.gateways,
+            "ListenerSet" => &mut self.listener_sets,
+            "HTTPRoute" => &mut self.http_routes,
+            "GRPCRoute" => &mut self.grpc_routes,
+            "TLSRoute" => &mut self.tls_routes,
+            "TCPRoute" => &mut self.tcp_routes,
+            "UDPRoute" => &mut self.udp_routes,
+            "ReferenceGrant" => &mut self.reference_grants,
+            "BackendTLSPolicy" => &mut self.backend_tls_policies,
+            "Ingress" => &mut self.ingresses,
+            "IngressClass" => &mut self.ingress_classes,
+            "Namespace" => &mut self.namespaces,
+            "Service" => &mut self.services,
+            "EndpointSlice" => &mut self.endpoint_slices,
+            "Secret" => &mut self.secrets,
+            "ConfigMap" => &mut self.config_maps,
+            _ => return None,
+        })
+    }
+
+    /// True when an object of this kind, namespace and name is held.
+    pub fn contains(&self, r: &ObjectRef) -> bool {
+        self.store_of(&r.kind)
+            .is_some_and(|s| s.has(&Key::new(&r.namespace, &r.name)))
+    }
+
+    /// Removes an object (and its source); true when it was held.
+    pub fn remove(&mut self, r: &ObjectRef) -> bool {
+        let removed = self
+            .store_of_mut(&r.kind)
+            .is_some_and(|s| s.remove_key(&Key::new(&r.namespace, &r.name)));
+        if removed {
+            self.sources.remove(r);
+        }
+        removed
     }
 
     /// Where an object was defined, if known.

@@ -481,7 +481,7 @@ fn cluster_walkthrough_manifests_validate_and_translate() {
         std::fs::copy(f, tmp.path().join(f.file_name().unwrap())).unwrap();
     }
     let mut provider = FileProvider::new(tmp.path());
-    let mut res = provider.load().unwrap();
+    let mut res = provider.load().unwrap().clone();
     assert!(res.errors.is_empty(), "{:?}", res.errors);
     // The default pool of `sluice install` (10.255.0.0/24).
     let opts = TranslateOptions {

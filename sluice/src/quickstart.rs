@@ -62,7 +62,8 @@ fn example_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
 
 /// Every loopback endpoint of the directory's EndpointSlices: (address, pod name, namespace).
 fn loopback_endpoints(dir: &Path) -> Result<Vec<(SocketAddr, String, String)>> {
-    let res = FileProvider::new(dir).load()?;
+    let mut provider = FileProvider::new(dir);
+    let res = provider.load()?;
     for e in &res.errors {
         tracing::warn!(error = %e, "example configuration error");
     }

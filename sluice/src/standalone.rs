@@ -170,16 +170,19 @@ impl Pipeline {
         admin_state: &admin::AdminState,
     ) -> bool {
         let started = Instant::now();
-        let resources = match provider.load() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the configuration directory; the last good configuration keeps serving");
-                return true;
-            }
-        };
+        if let Err(e) = provider.load() {
+            tracing::error!(error = %e, "cannot read the configuration directory; the last good configuration keeps serving");
+            return true;
+        }
         let load_ms = ms(started);
+        if !provider.changed() && self.applied.is_some() && self.listener_errors.is_empty() {
+            // Nothing on disk differs (an editor's temporary file, a touch): the snapshot
+            // and status that serve are still right.
+            return false;
+        }
+        let resources = provider.resources();
         let started = Instant::now();
-        let translation = translate(&resources, options);
+        let translation = translate(resources, options);
         let translate_ms = ms(started);
         let mut snapshot = translation.snapshot;
         let mut status = translation.status;

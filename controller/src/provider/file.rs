@@ -34,13 +34,22 @@ struct FileState {
     good: Option<Vec<Parsed>>,
     /// Errors of the current version (empty when it is the good one).
     errors: Vec<ConfigError>,
+    /// Objects this file contributes to the assembled store now.
+    contributed: Vec<ObjectRef>,
+    /// Why `good` is not in the store (objects defined in an earlier file too).
+    duplicates: Vec<ConfigError>,
 }
 
 /// Reads a directory of manifests into [`Resources`], remembering each file's last good version.
+///
+/// The store is kept between loads and patched for the files whose content changed, so a
+/// change costs reading the files (no parsing of unchanged ones) plus the changed objects.
 #[derive(Debug)]
 pub struct FileProvider {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    resources: Resources,
+    changed: bool,
 }
 
 /// The directory itself cannot be read.
@@ -80,6 +89,8 @@ impl FileProvider {
         FileProvider {
             dir: dir.into(),
             files: BTreeMap::new(),
+            resources: Resources::default(),
+            changed: true,
         }
     }
 
@@ -132,8 +143,20 @@ impl FileProvider {
 
     /// Re-reads changed files and returns the store: every file's current version if it is
     /// good, else its last good one; `errors` lists what is wrong now.
-    pub fn load(&mut self) -> Result<Resources, DirError> {
+    /// [`FileProvider::changed`] tells whether anything differs from the previous load.
+    pub fn load(&mut self) -> Result<&Resources, DirError> {
         let paths = self.list()?;
+        let mut dirty: Vec<PathBuf> = Vec::new();
+        let mut errors_changed = false;
+        for (path, state) in &self.files {
+            if paths.binary_search(path).is_err() {
+                dirty.push(path.clone());
+                errors_changed |= !state.errors.is_empty();
+                for r in &state.contributed {
+                    self.resources.remove(r);
+                }
+            }
+        }
         self.files.retain(|p, _| paths.binary_search(p).is_ok());
         for path in &paths {
             let state = self.files.entry(path.clone()).or_default();
@@ -142,7 +165,9 @@ impl FileProvider {
             let text = match std::fs::read(path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    state.errors = vec![error_at(path, 1, None, None, format!("cannot read: {e}"))];
+                    let err = vec![error_at(path, 1, None, None, format!("cannot read: {e}"))];
+                    errors_changed |= state.errors != err;
+                    state.errors = err;
                     state.content_hash = 0;
                     continue;
                 }
@@ -155,56 +180,137 @@ impl FileProvider {
             match parse_file(path, &text) {
                 Ok(objects) => {
                     state.good = Some(objects);
+                    errors_changed |= !state.errors.is_empty();
                     state.errors.clear();
+                    dirty.push(path.clone());
                 }
                 Err(errors) => {
                     for e in &errors {
                         tracing::warn!(error = %e, "configuration rejected; the last good version of this file keeps applying");
                     }
+                    errors_changed = true;
                     state.errors = errors;
                 }
             }
         }
-        Ok(self.assemble())
+        self.changed = !dirty.is_empty() || errors_changed;
+        if !dirty.is_empty() {
+            self.patch(&dirty);
+        }
+        if self.changed {
+            let mut errors: Vec<ConfigError> = self
+                .files
+                .values()
+                .flat_map(|s| s.errors.iter().chain(&s.duplicates).cloned())
+                .collect();
+            errors.sort();
+            self.resources.errors = errors;
+        }
+        Ok(&self.resources)
     }
 
-    fn assemble(&mut self) -> Resources {
-        let mut res = Resources::default();
-        let mut new_errors: Vec<(PathBuf, ConfigError)> = Vec::new();
-        for (path, state) in &self.files {
-            res.errors.extend(state.errors.iter().cloned());
-            let Some(objects) = &state.good else { continue };
-            // Insert into a scratch copy first so a file is all-or-nothing with respect to
-            // duplicates too.
-            let mut trial = res.clone();
-            let mut dup = Vec::new();
-            for p in objects {
-                if let Err(d) = trial.insert(p.object.clone(), Some(p.source.clone())) {
-                    let first = res
-                        .sources
-                        .get(&d.0)
-                        .map(|s| format!(" (first defined at {s})"))
-                        .unwrap_or_default();
-                    dup.push(ConfigError {
-                        source: p.source.clone(),
-                        object: Some(d.0.clone()),
-                        message: format!("defined more than once{first}; this file is ignored"),
-                    });
+    /// Whether the last [`FileProvider::load`] found any difference (objects or errors).
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The store as of the last [`FileProvider::load`].
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// Replaces the objects of the `dirty` files. Duplicates make a file all-or-nothing, with
+    /// the earlier file (in path order) winning; when any are involved the store is rebuilt so
+    /// the outcome never depends on the order of past edits.
+    fn patch(&mut self, dirty: &[PathBuf]) {
+        let had_duplicates = self.files.values().any(|s| !s.duplicates.is_empty());
+        for path in dirty {
+            if let Some(state) = self.files.get_mut(path) {
+                for r in std::mem::take(&mut state.contributed) {
+                    self.resources.remove(&r);
                 }
             }
-            if dup.is_empty() {
-                res = trial;
+        }
+        let clash = dirty.iter().any(|path| {
+            self.files
+                .get(path)
+                .and_then(|s| s.good.as_ref())
+                .is_some_and(|objs| {
+                    objs.iter()
+                        .any(|p| self.resources.contains(&p.object.object_ref()))
+                })
+        });
+        if had_duplicates || clash {
+            self.rebuild();
+            return;
+        }
+        for path in dirty {
+            let Some(state) = self.files.get_mut(path) else {
+                continue;
+            };
+            let Some(objects) = &state.good else { continue };
+            if let Some(dup) = insert_file(&mut self.resources, objects) {
+                state.duplicates = dup;
             } else {
-                new_errors.extend(dup.into_iter().map(|e| (path.clone(), e)));
+                state.contributed = objects.iter().map(|p| p.object.object_ref()).collect();
             }
         }
-        for (_, e) in new_errors {
-            tracing::warn!(error = %e, "configuration rejected");
-            res.errors.push(e);
-        }
-        res.errors.sort();
-        res
     }
+
+    /// Assembles the store from scratch, files in path order.
+    fn rebuild(&mut self) {
+        let errors = std::mem::take(&mut self.resources.errors);
+        self.resources = Resources {
+            errors,
+            ..Resources::default()
+        };
+        for state in self.files.values_mut() {
+            state.contributed.clear();
+            state.duplicates.clear();
+            let Some(objects) = &state.good else { continue };
+            match insert_file(&mut self.resources, objects) {
+                Some(dup) => {
+                    for e in &dup {
+                        tracing::warn!(error = %e, "configuration rejected");
+                    }
+                    state.duplicates = dup;
+                }
+                None => {
+                    state.contributed = objects.iter().map(|p| p.object.object_ref()).collect();
+                }
+            }
+        }
+    }
+}
+
+/// Inserts a file's objects unless one of them is already in the store (or twice in the file):
+/// then nothing is inserted and the errors are returned.
+fn insert_file(res: &mut Resources, objects: &[Parsed]) -> Option<Vec<ConfigError>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut dup = Vec::new();
+    for p in objects {
+        let r = p.object.object_ref();
+        if res.contains(&r) || !seen.insert(r.clone()) {
+            let first = res
+                .sources
+                .get(&r)
+                .map(|s| format!(" (first defined at {s})"))
+                .unwrap_or_default();
+            dup.push(ConfigError {
+                source: p.source.clone(),
+                object: Some(r),
+                message: format!("defined more than once{first}; this file is ignored"),
+            });
+        }
+    }
+    if !dup.is_empty() {
+        return Some(dup);
+    }
+    for p in objects {
+        // Cannot fail: checked above.
+        let _ = res.insert(p.object.clone(), Some(p.source.clone()));
+    }
+    None
 }
 
 fn error_at(
@@ -464,7 +570,7 @@ spec:
         );
         write(d.path(), "notes.txt", "ignored");
         let mut p = FileProvider::new(d.path());
-        let res = p.load().unwrap();
+        let res = p.load().unwrap().clone();
         assert!(res.errors.is_empty(), "{:?}", res.errors);
         assert_eq!(res.len(), 3);
         let src = res.source("Service", "default", "svc").unwrap();
@@ -563,7 +669,8 @@ spec:
             "svc.yaml",
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: eighty\n",
         );
-        let res = FileProvider::new(d.path()).load().unwrap();
+        let mut p = FileProvider::new(d.path());
+        let res = p.load().unwrap();
         assert!(res.services.is_empty());
         let e = &res.errors[0];
         assert_eq!(e.source.line, 7, "{e}");
@@ -583,7 +690,8 @@ spec:
             "b.yaml",
             &format!("{svc}---\napiVersion: v1\nkind: Service\nmetadata: {{name: t}}\n"),
         );
-        let res = FileProvider::new(d.path()).load().unwrap();
+        let mut p = FileProvider::new(d.path());
+        let res = p.load().unwrap();
         assert_eq!(res.services.len(), 1, "b.yaml is all-or-nothing");
         assert_eq!(res.errors.len(), 1);
         assert!(res.errors[0].source.file.ends_with("b.yaml"));
@@ -592,6 +700,73 @@ spec:
             "{}",
             res.errors[0]
         );
+    }
+
+    #[test]
+    fn edits_patch_the_store_and_removing_the_first_definition_admits_the_duplicate() {
+        let d = tempfile::tempdir().unwrap();
+        let svc = |name: &str, port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports:\n  - port: {port}\n"
+            )
+        };
+        let port_of = |res: &Resources, name: &str| {
+            res.services
+                .iter()
+                .find(|(k, _)| k.name == name)
+                .and_then(|(_, s)| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port))
+        };
+        write(d.path(), "a.yaml", &svc("s", 80));
+        write(
+            d.path(),
+            "b.yaml",
+            &format!("{}---\n{}", svc("s", 81), svc("t", 90)),
+        );
+        write(d.path(), "c.yaml", &svc("u", 70));
+        let mut p = FileProvider::new(d.path());
+        let res = p.load().unwrap();
+        assert_eq!(port_of(res, "s"), Some(80));
+        assert_eq!(port_of(res, "t"), None, "b.yaml is ignored as a whole");
+        assert_eq!(res.errors.len(), 1);
+        assert!(p.changed());
+
+        // Nothing differs on disk: nothing changed.
+        p.load().unwrap();
+        assert!(!p.changed());
+
+        // An edit to one file replaces exactly its objects.
+        write(d.path(), "c.yaml", &svc("v", 71));
+        p.load().unwrap();
+        assert!(p.changed());
+        let res = p.resources();
+        assert_eq!(port_of(res, "u"), None);
+        assert_eq!(port_of(res, "v"), Some(71));
+        assert_eq!(port_of(res, "s"), Some(80));
+        assert_eq!(res.source("Service", "default", "v").unwrap().line, 1);
+
+        // A broken edit keeps the last good version, and says so.
+        write(d.path(), "c.yaml", "kind: [");
+        p.load().unwrap();
+        assert!(p.changed());
+        let res = p.resources();
+        assert_eq!(port_of(res, "v"), Some(71));
+        assert_eq!(res.errors.len(), 2);
+
+        // Removing the first definition lets the other file apply.
+        std::fs::remove_file(d.path().join("a.yaml")).unwrap();
+        let res = p.load().unwrap();
+        assert_eq!(port_of(res, "s"), Some(81));
+        assert_eq!(port_of(res, "t"), Some(90));
+        assert_eq!(res.errors.len(), 1, "{:?}", res.errors);
+
+        // Removing a file removes its objects; the store equals a fresh load.
+        std::fs::remove_file(d.path().join("c.yaml")).unwrap();
+        let res = p.load().unwrap().clone();
+        assert_eq!(port_of(&res, "v"), None);
+        let fresh = FileProvider::new(d.path()).load().unwrap().clone();
+        assert_eq!(res.len(), fresh.len());
+        assert_eq!(res.sources, fresh.sources);
+        assert!(res.errors.is_empty() && fresh.errors.is_empty());
     }
 
     #[tokio::test]
