@@ -61,6 +61,8 @@ pub struct ClassParams {
     pub service_type: String,
     /// Dedicated: proxy worker threads (default 2).
     pub workers: u32,
+    /// HTTP/3 on HTTPS listeners unless a listener says otherwise (default false).
+    pub http3: bool,
 }
 
 /// A parameters ConfigMap that does not parse.
@@ -129,13 +131,24 @@ impl ClassParams {
                         )));
                     }
                 },
+                "http3" => {
+                    p.http3 = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(err(format!(
+                                "http3: {v:?} is neither \"true\" nor \"false\""
+                            )));
+                        }
+                    }
+                }
                 "resources" => {
                     p.resources =
                         Some(serde_yaml::from_str(v).map_err(|e| err(format!("resources: {e}")))?)
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown key {k:?} (known: mode, replicas, resources, serviceType, workers)"
+                        "unknown key {k:?} (known: http3, mode, replicas, resources, serviceType, workers)"
                     )));
                 }
             }
@@ -146,7 +159,7 @@ impl ClassParams {
 
 /// The parameters of every GatewayClass of `controller_name`, by class name. A class whose
 /// ConfigMap is missing or invalid is served shared (the translator reports
-/// `InvalidParameters` for a missing one); errors are returned alongside.
+/// `InvalidParameters` for both); errors are returned alongside.
 pub fn class_params(
     res: &Resources,
     controller_name: &str,

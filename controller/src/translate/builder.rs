@@ -74,6 +74,8 @@ struct ListenerBuilder {
     sources: BTreeSet<ListenerSource>,
     certificates: Vec<ServerCertificate>,
     client_validation: Option<ClientValidation>,
+    /// Some HTTPS Gateway listener on this socket asks for HTTP/3.
+    http3: bool,
     /// Hostnames of HTTP(S) Gateway listeners (`None` = no hostname) feeding this socket.
     http_listener_hostnames: BTreeSet<Option<String>>,
     vhosts: BTreeMap<String, Vec<HttpEntry>>,
@@ -111,6 +113,7 @@ impl IrBuilder {
                 sources: BTreeSet::new(),
                 certificates: Vec::new(),
                 client_validation: None,
+                http3: false,
                 http_listener_hostnames: BTreeSet::new(),
                 vhosts: BTreeMap::new(),
                 tls_routes: Vec::new(),
@@ -153,6 +156,13 @@ impl IrBuilder {
     pub fn client_validation(&mut self, key: &str, v: &ClientValidation) {
         if let Some(lb) = self.listeners.get_mut(key) {
             lb.client_validation.get_or_insert_with(|| v.clone());
+        }
+    }
+
+    /// Serves HTTP/3 on the listener's port too (HTTPS listeners only).
+    pub fn http3(&mut self, key: &str) {
+        if let Some(lb) = self.listeners.get_mut(key) {
+            lb.http3 = true;
         }
     }
 
@@ -349,7 +359,7 @@ impl ListenerBuilder {
             },
             tls_routes: tls_routes.into_iter().map(|(_, r)| r).collect(),
             l4_routes: l4_routes.into_iter().map(|(_, r)| r).collect(),
-            http3: false,
+            http3: self.http3 && self.https,
             sources: self.sources.into_iter().collect(),
         }
     }

@@ -194,6 +194,9 @@ pub struct ListenerState {
     pub certificates: Vec<ServerCertificate>,
     /// Client certificate validation (HTTPS).
     pub client_validation: Option<ClientValidation>,
+    /// HTTP/3 on the same port (HTTPS): `tls.options["sluice.dev/http3"]`, else the class's
+    /// `http3` parameter.
+    pub http3: bool,
     /// Where routes may come from.
     pub allowed_namespaces: AllowedNamespaces,
     /// Supported route kinds (`status.supportedKinds`).
@@ -716,6 +719,7 @@ fn listener_state(
         tls_mode: TlsMode::Terminate,
         certificates: Vec::new(),
         client_validation: None,
+        http3: false,
         allowed_namespaces: AllowedNamespaces::Same,
         kinds: Vec::new(),
         not_accepted: None,
@@ -849,6 +853,15 @@ fn listener_state(
                     "tls.mode Passthrough is not valid on HTTPS listeners (use protocol TLS)",
                 ));
             }
+            if protocol == Protocol::Https {
+                match http3_option(tls.options.as_ref()) {
+                    Ok(Some(on)) => st.http3 = on,
+                    Ok(None) => st.http3 = class_http3(ctx, gw),
+                    Err(p) => {
+                        st.not_accepted.get_or_insert(p);
+                    }
+                }
+            }
             if passthrough {
                 st.tls_mode = TlsMode::Passthrough;
             } else {
@@ -915,6 +928,49 @@ fn listener_state(
         st.unresolved.extend(problems);
     }
     st
+}
+
+/// The listener option that switches HTTP/3 (QUIC on the same port) on or off.
+pub const HTTP3_OPTION: &str = "sluice.dev/http3";
+
+/// `tls.options["sluice.dev/http3"]`: `Some(on)` when set, an `UnsupportedValue` problem
+/// when it is neither `"true"` nor `"false"`.
+fn http3_option(options: Option<&BTreeMap<String, String>>) -> Result<Option<bool>, Problem> {
+    match options.and_then(|o| o.get(HTTP3_OPTION)).map(|v| v.trim()) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(v) => Err(Problem::new(
+            reason::UNSUPPORTED_VALUE,
+            format!("tls.options[{HTTP3_OPTION:?}]: {v:?} is neither \"true\" nor \"false\""),
+        )),
+    }
+}
+
+/// The `http3` parameter of the Gateway's class (its parametersRef ConfigMap); false when
+/// absent or invalid (an invalid parameters ConfigMap is reported on the GatewayClass).
+fn class_http3(ctx: &Ctx<'_>, gw: &Gateway) -> bool {
+    let Some(gc) = ctx
+        .res
+        .gateway_classes
+        .get(&Key::new("", &gw.spec.gateway_class_name))
+    else {
+        return false;
+    };
+    let Some(p) = gc.spec.parameters_ref.as_ref() else {
+        return false;
+    };
+    let Some(cm) = p
+        .namespace
+        .as_deref()
+        .and_then(|ns| ctx.res.config_maps.get(&Key::new(ns, &p.name)))
+    else {
+        return false;
+    };
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("http3"))
+        .is_some_and(|v| v.trim() == "true")
 }
 
 /// Reads ListenerSets that reference our Gateways and checks `allowedListeners`.

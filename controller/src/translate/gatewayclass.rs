@@ -36,14 +36,17 @@ pub(crate) fn process(ctx: &Ctx<'_>, out: &mut Out) -> Classes {
                     p.name
                 ));
             };
-            if ctx
-                .res
-                .config_maps
-                .contains_key(&crate::Key::new(ns, &p.name))
-            {
-                None
-            } else {
-                Some(format!("parametersRef ConfigMap {ns}/{} does not exist", p.name))
+            match ctx.res.config_maps.get(&crate::Key::new(ns, &p.name)) {
+                None => Some(format!(
+                    "parametersRef ConfigMap {ns}/{} does not exist",
+                    p.name
+                )),
+                Some(cm) => crate::provision::ClassParams::from_data(
+                    &format!("{ns}/{}", p.name),
+                    &cm.data.clone().unwrap_or_default(),
+                )
+                .err()
+                .map(|e| e.to_string()),
             }
         });
         let st = out.status_mut(&object_ref("GatewayClass", &gc.metadata), generation);

@@ -182,6 +182,9 @@ pub(crate) fn register_listeners(gws: &Gateways, out: &mut Out) {
                     .listener(addr, ls.port, protocol, source, ls.hostname.as_deref())
             {
                 out.ir.certificates(&key, &ls.certificates);
+                if ls.http3 {
+                    out.ir.http3(&key);
+                }
                 if let Some(v) = &ls.client_validation {
                     out.ir.client_validation(&key, v);
                 }
