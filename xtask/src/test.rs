@@ -13,6 +13,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("h2load", "nghttp2-client"),
     ("ip", "iproute2"),
+    ("python3", "python3-pip"),
 ];
 
 pub fn repo_root() -> PathBuf {
@@ -55,6 +56,31 @@ pub fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Python modules the tests use as real clients (module, PyPI package).
+const PYTHON_MODULES: &[(&str, &str)] = &[("aioquic", "aioquic")];
+
+/// Installs missing Python modules from PyPI with `python3 -m pip`.
+pub fn ensure_python(modules: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = modules
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        // Debian marks its Python externally managed; these are test clients only.
+        .arg("--break-system-packages")
+        .args(&missing))
 }
 
 /// Installs missing Debian packages (when root; otherwise says what is missing).
@@ -106,7 +132,10 @@ pub fn main(args: &[String]) -> Result<()> {
         Ok(())
     };
 
-    step("install test tools", &mut || ensure_apt(APT_PACKAGES))?;
+    step("install test tools", &mut || {
+        ensure_apt(APT_PACKAGES)?;
+        ensure_python(PYTHON_MODULES)
+    })?;
     step("eBPF toolchain and kernel object", &mut || {
         crate::ebpf::run(&[])
     })?;

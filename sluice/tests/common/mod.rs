@@ -143,6 +143,14 @@ pub async fn echo(ip: &str, pod: &str) -> (RunningEcho, SocketAddr) {
 
 /// A GatewayClass plus a Gateway `gw` in `default` with one HTTP listener on `port`.
 pub fn gateway_yaml(port: u16) -> String {
+    gateway_with_listeners(&format!(
+        "  - {{name: http, protocol: HTTP, port: {port}}}\n"
+    ))
+}
+
+/// A GatewayClass plus a Gateway `gw` in `default` with these `listeners` (YAML list items,
+/// indented two spaces).
+pub fn gateway_with_listeners(listeners: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -155,8 +163,7 @@ metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: sluice
   listeners:
-  - {{name: http, protocol: HTTP, port: {port}}}
-"
+{listeners}"
     )
 }
 
@@ -213,6 +220,9 @@ pub fn curl(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("curl is installed (cargo xtask test installs it)");
+    if !out.status.success() {
+        eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
