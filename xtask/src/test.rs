@@ -59,7 +59,10 @@ pub fn is_root() -> bool {
 }
 
 /// Python modules the tests use as real clients (module, PyPI package).
-const PYTHON_MODULES: &[(&str, &str)] = &[("aioquic", "aioquic")];
+const PYTHON_MODULES: &[(&str, &str)] = &[
+    ("aioquic", "aioquic"),
+    ("kubernetes_validate", "kubernetes-validate"),
+];
 
 /// Installs missing Python modules from PyPI with `python3 -m pip`.
 pub fn ensure_python(modules: &[(&str, &str)]) -> Result<()> {
