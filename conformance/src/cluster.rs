@@ -311,6 +311,22 @@ impl Cluster {
             .insert(format!("{}/{}", key.namespace, key.name), files);
     }
 
+    /// Creates one object in an existing layer while a test runs (as upstream's applier does
+    /// from Go code): stamps `metadata.creationTimestamp` with the current second, so routes
+    /// created later are younger than the ones applied from manifests (which carry none and
+    /// so count as oldest).
+    pub fn create(&mut self, layer: &str, mut object: Value) -> anyhow::Result<()> {
+        let key = ObjKey::of(&object).context("object without kind or name")?;
+        anyhow::ensure!(self.get(&key).is_none(), "{key} already exists");
+        object["metadata"]["creationTimestamp"] = json!(crate::report::now_rfc3339());
+        let object = self.prepare(object);
+        self.layers
+            .entry(layer.to_string())
+            .or_default()
+            .push(object);
+        self.write_layer(layer)
+    }
+
     /// Removes a layer: deletes its file, stops its pods and rewrites the EndpointSlices.
     pub fn remove_layer(&mut self, layer: &str) -> anyhow::Result<()> {
         let path = self.opts.dir.join(format!("{layer}.yaml"));

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod echo;
 pub mod expect;
 pub mod gateway;
+pub mod l4_send;
 pub mod report;
 pub mod runner;
 
@@ -142,6 +143,20 @@ const STEP_ALIASES: &[(&str, &str)] = &[(
     "HTTPRouteBackendRequestHeaderModifier",
     "HTTPRouteRequestHeaderModifier",
 )];
+
+/// Tests whose upstream Go code returns before any check when the implementation claims a
+/// feature (they are for implementations without it): (test, feature). They are reported
+/// skipped, never passed.
+const NOT_RUN_WHEN_CLAIMED: &[(&str, &str)] = &[
+    (
+        "TLSRouteListenerMixedTerminationNotSupported",
+        "TLSRouteModeMixed",
+    ),
+    (
+        "TLSRouteListenerTerminateNotSupported",
+        "TLSRouteModeTerminate",
+    ),
+];
 
 /// Names of the status objects of a layer the gateway reports (for the "dropped" wait).
 fn reported_kinds(k: &ObjKey) -> bool {
@@ -276,16 +291,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         let t0 = Instant::now();
         let outcome = if !opts.only.is_empty() && !opts.only.contains(&test.name) {
             Outcome::Skipped("not selected (--only)".into())
-        } else if test.profiles.is_empty() {
-            Outcome::NotSupported("in no conformance profile".into())
         } else if let Some(f) = claims.missing_feature(test) {
             Outcome::NotSupported(format!("feature {f} not claimed"))
+        } else if test.profiles.is_empty() && test.features.is_empty() {
+            Outcome::NotSupported("in no conformance profile".into())
         } else if let Some(why) = claims.skip_tests.get(&test.name) {
             Outcome::Skipped(why.clone())
+        } else if let Some((_, f)) = NOT_RUN_WHEN_CLAIMED
+            .iter()
+            .find(|(t, f)| *t == test.name && claims.supported_features.contains(*f))
+        {
+            Outcome::Skipped(format!(
+                "upstream checks nothing when {f} is claimed (the test is for implementations without it)"
+            ))
         } else if let Err(e) = &base_ready {
             Outcome::Failed(format!("base manifests not ready: {e}"))
         } else {
-            let layer = "50-test";
+            let layer = runner::TEST_LAYER;
             let applied = match test_manifests(&opts.shared_dir, test) {
                 Ok(objs) => env.cluster.lock().await.apply_layer(layer, objs).await,
                 Err(e) => Err(e),

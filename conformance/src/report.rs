@@ -159,7 +159,8 @@ fn summary_of(s: &Status) -> String {
     }
 }
 
-fn now_rfc3339() -> String {
+/// The current time as RFC 3339 UTC in whole seconds (`metav1.Time` precision).
+pub(crate) fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -8,6 +8,7 @@ use crate::client::{self, ClientTls, HttpRequest, Protocol};
 use crate::cluster::{Cluster, ObjKey};
 use crate::expect::{HttpCase, compare_round_trip};
 use crate::gateway::Gateway;
+use crate::l4_send;
 use crate::report::Outcome;
 use serde_json::json;
 use serde_yaml::Value;
@@ -162,6 +163,19 @@ impl Env {
             .map_err(|_| StepError::Unsupported(format!("gateway address {addr:?} is not an IP")))
     }
 
+    /// A field (JSON pointer) of an applied object `ns/name`.
+    async fn field(&self, kind: &str, nn: &str, pointer: &str) -> Option<serde_json::Value> {
+        let (namespace, name) = checks::nn(nn);
+        let c = self.cluster.lock().await;
+        c.get(&ObjKey {
+            kind: kind.into(),
+            namespace,
+            name,
+        })
+        .and_then(|o| o.pointer(pointer))
+        .cloned()
+    }
+
     async fn listener_port(&self, gw: &str, listener: Option<&str>) -> Result<u16, StepError> {
         let (ns, name) = checks::nn(gw);
         let cluster = self.cluster.lock().await;
@@ -193,7 +207,123 @@ impl Env {
 const ROUTE_LOOP_ERRATA: &[(&str, u64)] = &[
     ("HTTPRouteHostnameIntersection", 61),
     ("HTTPRouteHostnameIntersection", 321),
+    ("TLSRouteHostnameIntersection", 91),
+    ("TLSRouteHostnameIntersection", 129),
+    ("TLSRouteHostnameIntersection", 167),
 ];
+
+/// One iteration of an upstream loop: variable name and value pairs.
+type LoopRow = &'static [(&'static str, &'static str)];
+
+/// Loops cases.yaml flattens: upstream runs the steps from `line` on once per row (a `for`
+/// over listeners, or one closure called per sub-test); each row binds these variables.
+const LOOP_ERRATA: &[(&str, u64, &[LoopRow])] = &[
+    (
+        "TCPRouteParentRefAttachAll",
+        82,
+        &[
+            &[("$listener", "one")],
+            &[("$listener", "two")],
+            &[("$listener", "three")],
+            &[("$listener", "four")],
+        ],
+    ),
+    (
+        "TCPRouteParentRefPortAndSectionName",
+        76,
+        &[
+            &[("$listener", "one"), ("$backend", "tcp-echo-one")],
+            &[("$listener", "two"), ("$backend", "tcp-echo-two")],
+            &[("$listener", "three"), ("$backend", "tcp-echo-three")],
+        ],
+    ),
+    (
+        "UDPRouteParentRefAttachAllListeners",
+        124,
+        &[
+            &[("$listener", "udp-1")],
+            &[("$listener", "udp-2")],
+            &[("$listener", "udp-3")],
+        ],
+    ),
+];
+
+/// Where upstream names the hostnames a `GatewayAndTLSRoutesMustBeAccepted` returns other
+/// than `hostnames`: (test, line, variable).
+const HOSTNAME_VARS: &[(&str, u64, &str)] = &[
+    (
+        "TLSRouteMixedTerminationSameNamespace",
+        56,
+        "$hostnamesPassthrough",
+    ),
+    (
+        "TLSRouteMixedTerminationSameNamespace",
+        94,
+        "$hostnamesTerminate",
+    ),
+];
+
+/// Objects a test deletes right after one of its sends (upstream deletes them in Go code):
+/// (test, send number, kind, namespace, name).
+const DELETE_AFTER_SEND: &[(&str, usize, &str, &str, &str)] = &[
+    (
+        "HTTPRouteReferenceGrant",
+        1,
+        "ReferenceGrant",
+        "gateway-conformance-web-backend",
+        "reference-grant",
+    ),
+    (
+        "TCPRouteReferenceGrant",
+        1,
+        "ReferenceGrant",
+        "gateway-conformance-web-backend",
+        "tcp-reference-grant",
+    ),
+    (
+        "UDPRouteReferenceGrant",
+        1,
+        "ReferenceGrant",
+        "gateway-conformance-app-backend",
+        "udp-reference-grant",
+    ),
+];
+
+/// The second route upstream creates from Go code, one second after the check at `line`
+/// held, to test that only the oldest of two routes on a listener gets traffic.
+fn created_after(test: &str, line: u64) -> Option<serde_json::Value> {
+    let (kind, name, gateway, section, backend, port) = match (test, line) {
+        ("TCPRouteMultipleRoutesAttachment", 60) => (
+            "TCPRoute",
+            "tcproute-attach-newer",
+            "tcp-multi-route-attach-gateway",
+            "tcp",
+            "tcp-attach-backend-2",
+            3000,
+        ),
+        ("UDPRouteMultipleRoutesAttachment", 62) => (
+            "UDPRoute",
+            "udproute-attach-newer",
+            "udp-multi-route-attach-gateway",
+            "udp",
+            "udp-attach-backend-2",
+            8080,
+        ),
+        _ => return None,
+    };
+    Some(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "gateway-conformance-infra"},
+        "spec": {
+            "parentRefs": [{"name": gateway, "sectionName": section}],
+            "rules": [{"backendRefs": [{"name": backend, "port": port}]}],
+        },
+    }))
+}
+
+/// The layer the suite applies a test's manifests as (see `crate::run`).
+pub const TEST_LAYER: &str = "50-test";
 
 /// Per-test interpretation state.
 struct TestRun<'a> {
@@ -205,6 +335,36 @@ struct TestRun<'a> {
     mutations: usize,
     sends: usize,
     expect_mirrors: bool,
+    /// Address of the last TCP/UDP send or probe (the weighted senders' target).
+    last_l4_addr: Option<SocketAddr>,
+    /// Backend the last TCP send expected (what `tcp.EchoSendOnce` samples must hit).
+    last_tcp_backend: Option<String>,
+}
+
+/// The variables a table column binds: `$tc.<c>` and `$s.<c>`, or `$c` itself for the loops of
+/// [`LOOP_ERRATA`].
+fn row_vars(column: &str) -> Vec<String> {
+    if column.starts_with('$') {
+        vec![column.to_string()]
+    } else {
+        ["$tc", "$s"]
+            .iter()
+            .map(|p| format!("{p}.{column}"))
+            .collect()
+    }
+}
+
+/// The `cases` of a send step.
+fn parse_cases<T: serde::de::DeserializeOwned>(step: &Value) -> Result<Vec<T>, StepError> {
+    step.get("cases")
+        .and_then(Value::as_sequence)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            serde_yaml::from_value(c).map_err(|e| StepError::Unsupported(format!("case: {e}")))
+        })
+        .collect()
 }
 
 fn str_arg<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
@@ -261,6 +421,15 @@ impl<'a> TestRun<'a> {
         if test.name == "HTTPRouteServiceTypes" {
             vars.insert("$path".into(), Value::from("manual-endpointslices"));
         }
+        let secs = |d: Duration| Value::from(format!("{}s", d.as_secs()));
+        for (k, v) in [
+            ("DefaultTestTimeout", secs(env.timing.max_time * 2)),
+            ("MaxTimeToConsistency", secs(env.timing.max_time)),
+            ("DefaultPollInterval", Value::from("1s")),
+            ("RequestTimeout", secs(env.timing.request_timeout)),
+        ] {
+            vars.insert(format!("$suite.TimeoutConfig.{k}"), v);
+        }
         TestRun {
             env,
             test,
@@ -270,11 +439,37 @@ impl<'a> TestRun<'a> {
             mutations: 0,
             sends: 0,
             expect_mirrors: false,
+            last_l4_addr: None,
+            last_tcp_backend: None,
         }
     }
 
     async fn run(&mut self) -> StepResult {
-        let steps = self.test.steps.clone();
+        let mut steps = self.test.steps.clone();
+        for (t, line, rows) in LOOP_ERRATA {
+            if *t != self.test.name {
+                continue;
+            }
+            if let Some(i) = steps
+                .iter()
+                .position(|s| s.get("line").and_then(Value::as_u64) == Some(*line))
+            {
+                let rows: Vec<Value> = rows
+                    .iter()
+                    .map(|r| {
+                        Value::Mapping(
+                            r.iter()
+                                .map(|(k, v)| (Value::from(*k), Value::from(*v)))
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                let mut table = serde_yaml::Mapping::new();
+                table.insert("table".into(), "upstream loop".into());
+                table.insert("rows".into(), Value::Sequence(rows));
+                steps.insert(i, Value::Mapping(table));
+            }
+        }
         if !steps
             .iter()
             .any(|s| s.get("send").is_some() || s.get("check").is_some())
@@ -308,8 +503,8 @@ impl<'a> TestRun<'a> {
                         let saved = self.vars.clone();
                         // A column a row leaves out is the Go zero value: empty.
                         for c in &columns {
-                            for prefix in ["$tc", "$s"] {
-                                self.vars.insert(format!("{prefix}.{c}"), Value::from(""));
+                            for name in row_vars(c) {
+                                self.vars.insert(name, Value::from(""));
                             }
                         }
                         self.bind_row(row);
@@ -329,8 +524,8 @@ impl<'a> TestRun<'a> {
         if let Some(m) = row.as_mapping() {
             for (k, v) in m {
                 if let Some(k) = k.as_str() {
-                    for prefix in ["$tc", "$s"] {
-                        self.vars.insert(format!("{prefix}.{k}"), v.clone());
+                    for name in row_vars(k) {
+                        self.vars.insert(name, v.clone());
                     }
                 }
             }
@@ -376,15 +571,17 @@ impl<'a> TestRun<'a> {
                 return Ok(());
             }
             "weight.NewFunctionBasedSender" => return Ok(()),
-            "weight.TestWeightedDistribution" if self.test.name == "HTTPRouteWeight" => {
-                return self.weighted(step).await;
-            }
+            "weight.TestWeightedDistribution" => return self.weighted(step).await,
+            "GetConfigMapData" => return self.config_map_ca(step).await,
+            "tcp.ExpectAddressBeAvailable" => return self.tcp_available(step).await,
+            "tcp.EchoSendOnce" => return self.tcp_samples(step).await,
             "http.AwaitConvergence" if self.test.name == "HTTPRouteBackendProtocolWebSocket" => {
                 return self.websocket().await;
             }
             "http.MakeRequest" => return Ok(()),
             _ => {}
         }
+        let step = &self.accepted_parents(step);
         let args = substitute(step, &self.vars).map_err(StepError::Unsupported);
         // `$routeNN` iterates over the routes of the preceding accepted-check.
         let line = step.get("line").and_then(Value::as_u64).unwrap_or(0);
@@ -425,8 +622,94 @@ impl<'a> TestRun<'a> {
                 Err(e) if e.starts_with('\u{0}') => return unsupported(e[1..].to_string()),
                 Err(e) => return fail(e),
             }
+            self.after_check(name, &args, line).await?;
         }
         Ok(())
+    }
+
+    /// What upstream's helper returns (the gateway address, a route's hostnames) becomes a
+    /// variable, and objects upstream creates in code after this check are created.
+    async fn after_check(&mut self, name: &str, args: &Value, line: u64) -> StepResult {
+        let gw_ref = match name {
+            "WaitForGatewayAddress" => args.get("gwRef"),
+            n if n.starts_with("GatewayAnd") => args.get("gw"),
+            _ => None,
+        };
+        if let Some(g) = gw_ref
+            && let Some(gateway) = str_arg(g, "gateway")
+        {
+            let mut addr = serde_yaml::Mapping::new();
+            addr.insert("gateway".into(), gateway.into());
+            if let Some(l) = g
+                .get("listeners")
+                .and_then(|l| l.get(0))
+                .and_then(Value::as_str)
+            {
+                addr.insert("listener".into(), l.into());
+            }
+            self.vars.insert("$gwAddr".into(), Value::Mapping(addr));
+        }
+        if name == "GatewayAndTLSRoutesMustBeAccepted"
+            && let Some(route) = self.last_routes.last()
+        {
+            let hostnames: Vec<String> = self
+                .env
+                .field("TLSRoute", route, "/spec/hostnames")
+                .await
+                .and_then(|h| serde_json::from_value(h).ok())
+                .unwrap_or_default();
+            let var = HOSTNAME_VARS
+                .iter()
+                .find(|(t, l, _)| *t == self.test.name && *l == line)
+                .map_or("$hostnames", |(_, _, v)| *v);
+            for (i, h) in hostnames.iter().enumerate() {
+                self.vars
+                    .insert(format!("{var}[{i}]"), Value::from(h.clone()));
+            }
+        }
+        if let Some(obj) = created_after(&self.test.name, line) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.env
+                .cluster
+                .lock()
+                .await
+                .create(TEST_LAYER, obj)
+                .map_err(|e| StepError::Failed(format!("creating the newer route: {e:#}")))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces upstream's `acceptedParent()` (a parent status built in Go) by its value: the
+    /// Gateway the test waits on, Accepted=True.
+    fn accepted_parents(&self, step: &Value) -> Value {
+        let mut step = step.clone();
+        let gateway = self.test.steps.iter().find_map(|s| {
+            s.get("gwRef")
+                .and_then(|g| str_arg(g, "gateway"))
+                .map(str::to_string)
+        });
+        if let (Some(parents), Some(gw)) = (
+            step.get_mut("parents").and_then(Value::as_sequence_mut),
+            gateway,
+        ) {
+            let (ns, name) = checks::nn(&gw);
+            for p in parents.iter_mut() {
+                if str_arg(p, "call") == Some("acceptedParent") {
+                    *p = serde_yaml::to_value(json!({
+                        "parentRef": {
+                            "group": "gateway.networking.k8s.io",
+                            "kind": "Gateway",
+                            "name": name,
+                            "namespace": ns,
+                        },
+                        "controllerName": crate::cluster::CONTROLLER_NAME,
+                        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted"}],
+                    }))
+                    .unwrap_or_default();
+                }
+            }
+        }
+        step
     }
 
     async fn target(&self, step: &Value, scheme: &str) -> Result<(SocketAddr, String), StepError> {
@@ -459,19 +742,25 @@ impl<'a> TestRun<'a> {
 
     async fn run_send(&mut self, kind: &str, step: &Value) -> StepResult {
         self.sends += 1;
-        if self.test.name == "HTTPRouteReferenceGrant" && self.sends == 2 {
-            // Upstream deletes the ReferenceGrant between the two requests.
-            self.env
-                .cluster
-                .lock()
-                .await
-                .delete(&ObjKey {
-                    kind: "ReferenceGrant".into(),
-                    namespace: "gateway-conformance-web-backend".into(),
-                    name: "reference-grant".into(),
-                })
-                .map_err(|e| StepError::Failed(e.to_string()))?;
+        self.send(kind, step).await?;
+        for (t, n, kind, namespace, name) in DELETE_AFTER_SEND {
+            if *t == self.test.name && *n == self.sends {
+                self.env
+                    .cluster
+                    .lock()
+                    .await
+                    .delete(&ObjKey {
+                        kind: (*kind).into(),
+                        namespace: (*namespace).into(),
+                        name: (*name).into(),
+                    })
+                    .map_err(|e| StepError::Failed(e.to_string()))?;
+            }
         }
+        Ok(())
+    }
+
+    async fn send(&mut self, kind: &str, step: &Value) -> StepResult {
         // `casesRef`/`via` only say where upstream's loop came from.
         let mut step = step.clone();
         if let Some(m) = step.as_mapping_mut() {
@@ -482,6 +771,8 @@ impl<'a> TestRun<'a> {
         match kind {
             "http" | "https" | "http-expect-failure" | "https-expect-failure" => {}
             "tls-connection-rejected" => return self.tls_rejected(&step).await,
+            "tcp" => return self.tcp_send(&step).await,
+            "udp" => return self.udp_send(&step).await,
             other => return unsupported(format!("send {other}")),
         }
         let https = kind.starts_with("https");
@@ -508,16 +799,7 @@ impl<'a> TestRun<'a> {
         } else {
             None
         };
-        let cases: Vec<HttpCase> = step
-            .get("cases")
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| {
-                serde_yaml::from_value(c).map_err(|e| StepError::Unsupported(format!("case: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let cases: Vec<HttpCase> = parse_cases(&step)?;
         if cases
             .iter()
             .any(|c| c.mirrored_to.iter().any(|m| m.percent.is_some()))
@@ -781,11 +1063,209 @@ impl<'a> TestRun<'a> {
         Ok(())
     }
 
+    /// Polls one probe until it passes `consecutive` times in a row, retrying after
+    /// `retry_delay`, for at most `max_time` (the HTTP convergence rules).
+    async fn converge_with<F, Fut>(&self, what: &str, probe: F) -> Result<(), String>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let t = &self.env.timing;
+        let deadline = Instant::now() + t.max_time;
+        let (mut ok, mut attempts) = (0usize, 0usize);
+        loop {
+            attempts += 1;
+            let last = match probe().await {
+                Ok(()) => {
+                    ok += 1;
+                    if ok >= t.consecutive {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            ok = 0;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{what} did not converge after {attempts} attempts in {:?}: {last}",
+                    t.max_time
+                ));
+            }
+            tokio::time::sleep(t.retry_delay).await;
+        }
+    }
+
+    /// A `tcp` send (upstream `MakeTCPRequestAndExpectEventuallyValidResponse`): each case's
+    /// session (optionally over TLS with `serverName`, trusting `serverCertificate`) must
+    /// reach the expected backend.
+    async fn tcp_send(&mut self, step: &Value) -> StepResult {
+        let (addr, _) = self.target(step, "tcp").await?;
+        self.last_l4_addr = Some(addr);
+        let use_tls = step.get("useTLS").and_then(Value::as_bool).unwrap_or(false);
+        let tls = if use_tls {
+            // `serverCertificate: {call: '[]byte', args: [$caString]}` is the CA's PEM.
+            let roots = match step.get("serverCertificate") {
+                Some(Value::String(p)) => p.clone(),
+                Some(v) => v
+                    .get("args")
+                    .and_then(|a| a.get(0))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                None => String::new(),
+            };
+            if roots.is_empty() {
+                return unsupported("TLS tcp send without a trusted certificate");
+            }
+            Some(l4_send::TcpTls {
+                server_name: str_arg(step, "serverName").unwrap_or_default().to_string(),
+                roots_pem: roots,
+                known_sans: self.env.known_sans.clone(),
+            })
+        } else {
+            None
+        };
+        let cases: Vec<l4_send::TcpCase> = parse_cases(step)?;
+        if cases.is_empty() {
+            return unsupported("tcp send without cases");
+        }
+        let timeout = self.env.timing.request_timeout;
+        for case in &cases {
+            let tls = tls.as_ref();
+            self.converge_with(&format!("TCP session to {addr}"), || async move {
+                let s = l4_send::tcp_session(addr, tls, timeout)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                l4_send::check_tcp(case, &s)
+            })
+            .await
+            .map_err(StepError::Failed)?;
+            self.last_tcp_backend = Some(case.backend.clone());
+        }
+        Ok(())
+    }
+
+    /// A `udp` send (upstream `udp.ExpectEchoResponse[FromBackend]`): a datagram must be
+    /// answered, by the expected service and namespace when the case names them.
+    async fn udp_send(&mut self, step: &Value) -> StepResult {
+        let (addr, _) = self.target(step, "udp").await?;
+        self.last_l4_addr = Some(addr);
+        let mut cases: Vec<l4_send::UdpCase> = parse_cases(step)?;
+        if cases.is_empty() {
+            cases.push(l4_send::UdpCase::default());
+        }
+        for case in &cases {
+            self.converge_with(&format!("UDP echo through {addr}"), || async move {
+                l4_send::udp_round_trip(addr, l4_send::UDP_PROBE, case, Duration::from_secs(2))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .map_err(StepError::Failed)?;
+        }
+        Ok(())
+    }
+
+    /// `GetConfigMapData`: the CA of the named ConfigMap becomes `$caString`.
+    async fn config_map_ca(&mut self, step: &Value) -> StepResult {
+        let name = str_arg(step, "name")
+            .ok_or_else(|| StepError::Unsupported("GetConfigMapData without name".into()))?;
+        let ca = self.env.field("ConfigMap", name, "/data/ca.crt").await;
+        match ca.as_ref().and_then(serde_json::Value::as_str) {
+            Some(ca) => {
+                self.vars.insert("$caString".into(), Value::from(ca));
+                Ok(())
+            }
+            None => fail(format!("ca.crt not found in ConfigMap {name}")),
+        }
+    }
+
+    /// `tcp.ExpectAddressBeAvailable`: the address accepts TCP connections within the
+    /// timeout.
+    async fn tcp_available(&mut self, step: &Value) -> StepResult {
+        let (addr, _) = self.target(step, "tcp").await?;
+        self.last_l4_addr = Some(addr);
+        let t = &self.env.timing;
+        let deadline = Instant::now() + t.max_time;
+        loop {
+            match l4_send::tcp_connects(addr, t.request_timeout).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return fail(format!("no TCP connection within {:?}: {e:#}", t.max_time));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// `tcp.EchoSendOnce` sampled 100 times: every connection must reach the backend the
+    /// preceding TCP send expected (only the oldest of two routes on a listener is used).
+    async fn tcp_samples(&mut self, step: &Value) -> StepResult {
+        let mut target = serde_yaml::Mapping::new();
+        target.insert(
+            "address".into(),
+            step.get("gwAddr").cloned().unwrap_or_default(),
+        );
+        let (addr, _) = self.target(&Value::Mapping(target), "tcp").await?;
+        let backend = self.last_tcp_backend.clone().ok_or_else(|| {
+            StepError::Unsupported("EchoSendOnce without a prior TCP send".into())
+        })?;
+        for i in 1..=100 {
+            let pod = l4_send::tcp_echo_pod(addr, Duration::from_secs(5))
+                .await
+                .map_err(|e| StepError::Failed(format!("TCP echo request {i}/100: {e:#}")))?;
+            if !pod.starts_with(&format!("{backend}-")) {
+                return fail(format!(
+                    "TCP echo request {i}/100 reached {pod:?}, want a pod of {backend}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `weight.TestWeightedDistribution`: up to 10 rounds of 500 requests (10 in flight) whose
+    /// answering backends must match the expected weights; the sender follows the test kind
+    /// (HTTP requests, TCP `EchoSendOnce`, UDP datagrams).
     async fn weighted(&self, step: &Value) -> StepResult {
         let want: BTreeMap<String, f64> = step
             .get("expectedWeights")
             .and_then(|w| serde_yaml::from_value(w.clone()).ok())
             .ok_or_else(|| StepError::Unsupported("expectedWeights".into()))?;
+        let timeout = self.env.timing.request_timeout;
+        if self.test.name.starts_with("TCPRoute") || self.test.name.starts_with("UDPRoute") {
+            let addr = self.last_l4_addr.ok_or_else(|| {
+                StepError::Unsupported("weighted TCP/UDP sender without a probed address".into())
+            })?;
+            if self.test.name.starts_with("TCPRoute") {
+                return self
+                    .distribution(&want, || async move {
+                        l4_send::tcp_echo_pod(addr, timeout)
+                            .await
+                            .map_err(|e| format!("{e:#}"))
+                    })
+                    .await;
+            }
+            return self
+                .distribution(&want, || async move {
+                    let case = l4_send::UdpCase::default();
+                    let v = l4_send::udp_round_trip(
+                        addr,
+                        "gateway-api-conformance-udp-weight\n",
+                        &case,
+                        Duration::from_secs(2),
+                    )
+                    .await?;
+                    match v.get("pod").and_then(serde_json::Value::as_str) {
+                        Some(p) if !p.is_empty() => Ok(p.to_string()),
+                        _ => Err(format!("UDP echo answer without a pod name: {v}")),
+                    }
+                })
+                .await;
+        }
+        if self.test.name != "HTTPRouteWeight" {
+            return unsupported(format!("weighted sender of {}", self.test.name));
+        }
         let target = serde_yaml::to_value(
             json!({"address": {"gateway": "gateway-conformance-infra/same-namespace"}}),
         )
@@ -799,70 +1279,60 @@ impl<'a> TestRun<'a> {
             namespace: "gateway-conformance-infra".into(),
             ..Default::default()
         };
+        let (case, authority) = (&case, authority.as_str());
+        self.distribution(&want, || async move {
+            let mut c = case.clone();
+            if rand::random::<bool>() {
+                let mut h = BTreeMap::new();
+                h.insert(
+                    "X-Jitter".to_string(),
+                    (rand::random::<u32>() % 10000).to_string(),
+                );
+                c.request.headers = Some(h);
+            }
+            let req = self.request(&c, addr, authority, None);
+            let resp = client::round_trip(&req)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            compare_round_trip(case, &resp, "http", authority)?;
+            Ok(crate::expect::CapturedRequest::from_response(&resp, "GET")?.pod)
+        })
+        .await
+    }
+
+    /// Runs up to 10 rounds of 500 sends (10 concurrent) and checks which backends answered.
+    async fn distribution<F, Fut>(&self, want: &BTreeMap<String, f64>, send: F) -> StepResult
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<String, String>>,
+    {
+        const TOTAL: usize = 500;
         let mut last = String::new();
         for _ in 0..10 {
-            let counts = Arc::new(std::sync::Mutex::new(BTreeMap::<String, f64>::new()));
-            let sem = Arc::new(tokio::sync::Semaphore::new(10));
-            let mut tasks = Vec::new();
-            for _ in 0..500 {
-                let mut c = case.clone();
-                if rand::random::<bool>() {
-                    let mut h = BTreeMap::new();
-                    h.insert(
-                        "X-Jitter".to_string(),
-                        (rand::random::<u32>() % 10000).to_string(),
-                    );
-                    c.request.headers = Some(h);
-                }
-                let req = self.request(&c, addr, &authority, None);
-                let (sem, counts, case) = (sem.clone(), counts.clone(), case.clone());
-                let authority = authority.clone();
-                tasks.push(async move {
-                    let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
-                    let resp = client::round_trip(&req)
-                        .await
-                        .map_err(|e| format!("{e:#}"))?;
-                    compare_round_trip(&case, &resp, "http", &authority)?;
-                    let creq = crate::expect::CapturedRequest::from_response(&resp, "GET")?;
-                    let parts: Vec<&str> = creq.pod.split('-').collect();
-                    let backend = if parts.len() < 3 {
-                        creq.pod.clone()
-                    } else {
-                        parts[..parts.len() - 2].join("-")
-                    };
-                    *counts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(backend)
-                        .or_default() += 1.0;
-                    Ok::<(), String>(())
-                });
-            }
-            if let Some(e) = futures::future::join_all(tasks)
+            let sem = tokio::sync::Semaphore::new(10);
+            let tasks = (0..TOTAL).map(|_| async {
+                let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
+                send().await
+            });
+            let pods = match futures::future::join_all(tasks)
                 .await
                 .into_iter()
-                .find_map(Result::err)
+                .collect::<Result<Vec<String>, String>>()
             {
-                last = e;
-                continue;
-            }
-            let seen = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let mut errs = Vec::new();
-            for b in seen.keys() {
-                if !want.contains_key(b) {
-                    errs.push(format!("unexpected backend {b}"));
+                Ok(p) => p,
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
+            };
+            let mut seen = BTreeMap::<String, f64>::new();
+            for p in &pods {
+                *seen.entry(l4_send::backend_of_pod(p)).or_default() += 1.0;
             }
-            for (b, w) in &want {
-                let got = seen.get(b).copied().unwrap_or(0.0) / 500.0;
-                if (got - w).abs() > 0.05 {
-                    errs.push(format!("{b}: {got:.3} not within 0.05 of {w}"));
-                }
+            match l4_send::check_distribution(want, &seen, TOTAL) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
-            if errs.is_empty() {
-                return Ok(());
-            }
-            last = errs.join("; ");
         }
         fail(format!("weighted distribution failed 10 times: {last}"))
     }

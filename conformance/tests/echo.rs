@@ -180,3 +180,89 @@ async fn tcp_udp_and_grpc_modes() {
     .expect("grpc");
     assert_eq!(code, tonic::Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn l4_sends_check_what_the_backend_saw() {
+    use sluice_conformance::l4_send::{self, TcpCase, TcpTls, UdpCase};
+    let certs = sluice_conformance::certs::generate().expect("certs");
+    let pair = &certs.secrets["gateway-conformance-infra/tls-passthrough-checks-certificate"];
+    let ca = &certs.ca_config_maps["gateway-conformance-infra/tls-checks-ca-certificate"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("crt"), dir.path().join("key"));
+    std::fs::write(&cert, &pair.cert_pem).expect("write cert");
+    std::fs::write(&key, &pair.key_pem).expect("write key");
+    let mut cfg = EchoConfig::http(
+        "127.0.0.1:0".parse().expect("addr"),
+        "tcp-backend-abc12-def34",
+        "ns1",
+    );
+    cfg.mode = EchoMode::Tcp;
+    cfg.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    cfg.tls = Some(echo::EchoTls {
+        cert,
+        key,
+        client_ca: None,
+    });
+    let running = echo::start(cfg).await.expect("start echo");
+    let (plain, tls_port) = (running.bound[0], running.bound[1]);
+    tokio::spawn(running.wait());
+    let timeout = Duration::from_secs(5);
+
+    let case = TcpCase {
+        backend: "tcp-backend".into(),
+        namespace: "ns1".into(),
+        backend_is_tls: true,
+        hostname: "abc.example.com".into(),
+    };
+    let tls = TcpTls {
+        server_name: "abc.example.com".into(),
+        roots_pem: ca.clone(),
+        known_sans: Default::default(),
+    };
+    let s = l4_send::tcp_session(tls_port, Some(&tls), timeout)
+        .await
+        .expect("TLS session");
+    l4_send::check_tcp(&case, &s).expect("passthrough-like session checks");
+    // The same backend in plain text fails a case that wants TLS, and another backend fails.
+    let s = l4_send::tcp_session(plain, None, timeout)
+        .await
+        .expect("plain session");
+    assert!(l4_send::check_tcp(&case, &s).is_err());
+    let other = TcpCase {
+        backend: "tcp-backend-2".into(),
+        ..TcpCase::default()
+    };
+    assert!(l4_send::check_tcp(&other, &s).is_err());
+    // A server name the certificate does not cover is refused by the client.
+    let wrong = TcpTls {
+        server_name: "other.example.org".into(),
+        ..tls
+    };
+    assert!(
+        l4_send::tcp_session(tls_port, Some(&wrong), timeout)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        l4_send::tcp_echo_pod(plain, timeout).await.expect("pod"),
+        "tcp-backend-abc12-def34"
+    );
+
+    let u = start(EchoMode::Udp).await;
+    let want = UdpCase {
+        service: String::new(),
+        namespace: "ns1".into(),
+    };
+    l4_send::udp_round_trip(u[0], l4_send::UDP_PROBE, &want, timeout)
+        .await
+        .expect("udp");
+    let wrong_ns = UdpCase {
+        namespace: "ns2".into(),
+        ..want
+    };
+    assert!(
+        l4_send::udp_round_trip(u[0], l4_send::UDP_PROBE, &wrong_ns, timeout)
+            .await
+            .is_err()
+    );
+}
