@@ -122,17 +122,22 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The first `127.N.0.0/16` (N in 1..=60) whose pod, admin and gateway addresses are free, so
-/// concurrent runs on one machine do not collide.
-fn pick_loopback_net() -> anyhow::Result<u8> {
+/// The first `127.N.0.0/16` (N in 1..=60) that no other run holds and whose pod, admin and
+/// gateway addresses are free, so concurrent runs on one machine do not collide. The returned
+/// listener (on `127.N.255.254:9`) is the claim: keep it for the run; the kernel releases it
+/// when the process ends, however it ends.
+fn pick_loopback_net() -> anyhow::Result<(u8, std::net::TcpListener)> {
     use std::net::{Ipv4Addr, TcpListener};
     for n in 1..=60u8 {
+        let Ok(claim) = TcpListener::bind((Ipv4Addr::new(127, n, 255, 254), 9)) else {
+            continue;
+        };
         let free = |ip: Ipv4Addr, port: u16| TcpListener::bind((ip, port)).is_ok();
         if free(Ipv4Addr::new(127, n, 0, 2), 3000)
             && free(Ipv4Addr::new(127, n, 0, 1), 19901)
             && free(Ipv4Addr::new(127, n, 250, 1), 80)
         {
-            return Ok(n);
+            return Ok((n, claim));
         }
     }
     anyhow::bail!("no free loopback network 127.N.0.0/16 for the conformance run")
@@ -229,7 +234,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
     if !opts.external_gateway && dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    let net = pick_loopback_net()?;
+    let (net, _claim) = pick_loopback_net()?;
     let admin = opts
         .admin
         .unwrap_or(SocketAddr::from(([127, net, 0, 1], 19901)));
