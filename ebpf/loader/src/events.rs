@@ -185,9 +185,11 @@ impl FlowMetrics {
         Self::default()
     }
 
-    /// Registers the series under `registry` (names prefixed `sluice_ebpf_`).
+    /// Registers the series under `registry` as `ebpf_flows` and `ebpf_datapath`: with the
+    /// admin API's registry (prefix `sluice`) they read `sluice_ebpf_flows_total{...}` and
+    /// `sluice_ebpf_datapath{...}`.
     pub fn register(&self, registry: &mut Registry) {
-        let sub = registry.sub_registry_with_prefix("sluice_ebpf");
+        let sub = registry.sub_registry_with_prefix("ebpf");
         sub.register(
             "flows",
             "Per-connection events of the eBPF datapath (socket-LB, tc, sk_lookup, sockmap)",
@@ -262,7 +264,7 @@ mod tests {
         assert_eq!(r.translated, Some("10.98.0.2:8080".parse().unwrap()));
 
         let m = FlowMetrics::new();
-        let mut reg = Registry::default();
+        let mut reg = Registry::with_prefix("sluice");
         m.register(&mut reg);
         m.observe(&r);
         m.observe(&r);
