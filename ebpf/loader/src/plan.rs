@@ -7,7 +7,7 @@ use sluice_ebpf_common::{
     ListenerKey, PROTO_TCP, PROTO_UDP, SVC_AFFINITY, SVC_CLUSTER_IP, SVC_EXTERNAL, SVC_L7_REDIRECT,
     SVC_LOCAL_ONLY, SVC_NODE_PORT, ServiceKey, ip4,
 };
-use sluice_ir::{Endpoint, L4Protocol, Snapshot, Transport};
+use sluice_ir::{Endpoint, L4Protocol, Listener, ListenerProtocol, Snapshot, Transport};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -230,6 +230,48 @@ pub(crate) fn project(snapshot: &Snapshot, local_cidrs: &[Ipv4Net]) -> Plan {
         }
     }
 
+    // TCPRoute/UDPRoute listeners the kernel can balance itself: one route with one backend
+    // (nothing to weigh per connection). Their address and port become a frontend like an
+    // external IP; the proxy keeps serving the listener for everything the programs do not see.
+    let mut offloaded: BTreeSet<String> = BTreeSet::new();
+    for l in &snapshot.listeners {
+        let Some(cluster) = kernel_l4_cluster(snapshot, l) else {
+            continue;
+        };
+        let IpAddr::V4(addr) = l.address else {
+            continue;
+        };
+        let proto = match l.protocol.transport() {
+            Transport::Tcp => PROTO_TCP,
+            Transport::Udp => PROTO_UDP,
+        };
+        let k = key(addr, l.port, proto);
+        let service = format!("listener {}", l.name);
+        if let Some(first) = seen.get(&k) {
+            plan.warnings.push(format!(
+                "{service}: frontend {} already used by {first}; left to the proxy",
+                describe(&k)
+            ));
+            continue;
+        }
+        seen.insert(k, service.clone());
+        let set = SetId {
+            cluster: cluster.to_string(),
+            local_only: false,
+        };
+        sets.insert(set.clone());
+        plan.frontends.push(FrontendPlan {
+            key: k,
+            service_id: allocate_id(&service, &mut ids),
+            service,
+            flags: SVC_EXTERNAL,
+            affinity_timeout_s: 0,
+            redirect: None,
+            set,
+        });
+        offloaded.insert(l.name.clone());
+    }
+
     for set in sets {
         let Some(cluster) = snapshot.cluster(&set.cluster) else {
             plan.warnings.push(format!(
@@ -257,7 +299,11 @@ pub(crate) fn project(snapshot: &Snapshot, local_cidrs: &[Ipv4Net]) -> Plan {
         plan.sets.insert(set, choose(&eps));
     }
 
-    for l in &snapshot.listeners {
+    for l in snapshot
+        .listeners
+        .iter()
+        .filter(|l| !offloaded.contains(&l.name))
+    {
         let IpAddr::V4(addr) = l.address else {
             plan.warnings.push(format!(
                 "listener {}: IPv6 addresses are not steered by the eBPF datapath",
@@ -293,6 +339,23 @@ pub(crate) fn project(snapshot: &Snapshot, local_cidrs: &[Ipv4Net]) -> Plan {
     }
     plan.redirects = redirects.into_values().collect();
     plan
+}
+
+/// The cluster a TCP or UDP listener sends everything to, when that is a single choice:
+/// exactly one route whose only backend with a non-zero weight resolves to a cluster.
+fn kernel_l4_cluster<'s>(snapshot: &'s Snapshot, l: &'s Listener) -> Option<&'s str> {
+    if !matches!(l.protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp) {
+        return None;
+    }
+    let [route] = l.l4_routes.as_slice() else {
+        return None;
+    };
+    let mut live = route.backends.iter().filter(|b| b.weight > 0);
+    let (Some(only), None) = (live.next(), live.next()) else {
+        return None;
+    };
+    let cluster = only.cluster.as_deref()?;
+    snapshot.cluster(cluster).map(|c| c.name.as_str())
 }
 
 fn listener_key(k: ServiceKey) -> ListenerKey {
@@ -495,6 +558,60 @@ mod tests {
         assert!(p.redirects.iter().any(|r| r.key.port == 443u16.to_be()
             && r.key.proto == PROTO_UDP
             && r.target.transport == Transport::Udp));
+    }
+
+    #[test]
+    fn single_backend_tcp_and_udp_listeners_are_balanced_in_the_kernel() {
+        use sluice_ir::{L4Route, ObjectRef, RouteId, WeightedBackend};
+        let route = |backends: &[(&str, u32)]| L4Route {
+            id: RouteId {
+                route: ObjectRef::new("TCPRoute", "default", "r"),
+                rule: 0,
+                matcher: 0,
+                rule_name: None,
+            },
+            backends: backends
+                .iter()
+                .map(|(c, w)| WeightedBackend {
+                    weight: *w,
+                    cluster: Some(c.to_string()),
+                    filters: vec![],
+                })
+                .collect(),
+            idle_timeout_ms: None,
+        };
+        let listener = |port: u16, proto: ListenerProtocol, r: L4Route| {
+            let mut l = Listener::new("192.0.2.1".parse().unwrap(), port, proto);
+            l.l4_routes = vec![r];
+            l
+        };
+        let mut s = snap(
+            vec![],
+            vec![
+                Cluster::new("a", vec![ep("10.0.1.2", 7000)]),
+                Cluster::new("b", vec![ep("10.0.1.3", 7000)]),
+            ],
+        );
+        s.listeners = vec![
+            // One backend (the zero-weight one never counts): the kernel balances it.
+            listener(7000, ListenerProtocol::Tcp, route(&[("a", 1), ("b", 0)])),
+            listener(7001, ListenerProtocol::Udp, route(&[("b", 3)])),
+            // A weighted choice per connection stays in the proxy, steered there.
+            listener(7002, ListenerProtocol::Tcp, route(&[("a", 1), ("b", 1)])),
+        ];
+        let p = project(&s, &[]);
+        assert_eq!(p.frontends.len(), 2, "{:?}", p.frontends);
+        let tcp = &p.frontends[0];
+        assert_eq!(tcp.service, "listener tcp:192.0.2.1:7000");
+        assert_eq!((tcp.key.port, tcp.key.proto), (7000u16.to_be(), PROTO_TCP));
+        assert_eq!(tcp.flags, SVC_EXTERNAL);
+        assert_eq!(tcp.set.cluster, "a");
+        let udp = &p.frontends[1];
+        assert_eq!((udp.key.port, udp.key.proto), (7001u16.to_be(), PROTO_UDP));
+        assert_eq!(udp.set.cluster, "b");
+        assert_eq!(p.redirects.len(), 1);
+        assert_eq!(p.redirects[0].key.port, 7002u16.to_be());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
     #[test]
