@@ -20,11 +20,11 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// The status of one object.
+    /// The status of one object: a binary search over the sorted `resources` (a linear scan
+    /// when it misses, in case a caller appended out of order).
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&ResourceStatus> {
-        self.resources.iter().find(|r| {
-            r.object.kind == kind && r.object.namespace == namespace && r.object.name == name
-        })
+        self.position(kind, namespace, name)
+            .map(|i| &self.resources[i])
     }
 
     /// Mutable status of one object.
@@ -34,9 +34,23 @@ impl StatusReport {
         namespace: &str,
         name: &str,
     ) -> Option<&mut ResourceStatus> {
-        self.resources.iter_mut().find(|r| {
-            r.object.kind == kind && r.object.namespace == namespace && r.object.name == name
-        })
+        self.position(kind, namespace, name)
+            .map(|i| &mut self.resources[i])
+    }
+
+    fn position(&self, kind: &str, namespace: &str, name: &str) -> Option<usize> {
+        fn of(r: &ResourceStatus) -> (&str, &str, &str) {
+            (
+                r.object.kind.as_str(),
+                r.object.namespace.as_str(),
+                r.object.name.as_str(),
+            )
+        }
+        let key = (kind, namespace, name);
+        self.resources
+            .binary_search_by(|r| of(r).cmp(&key))
+            .ok()
+            .or_else(|| self.resources.iter().position(|r| of(r) == key))
     }
 }
 
@@ -288,4 +302,40 @@ pub struct RouteParentStatus {
     pub controller_name: String,
     /// Accepted, ResolvedRefs, ...
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+    use crate::ObjectRef;
+
+    fn st(kind: &str, ns: &str, name: &str) -> ResourceStatus {
+        ResourceStatus {
+            object: ObjectRef::new(kind, ns, name),
+            ..ResourceStatus::default()
+        }
+    }
+
+    #[test]
+    fn get_finds_sorted_and_appended_objects() {
+        let mut r = StatusReport::default();
+        for i in 0..100 {
+            r.resources
+                .push(st("HTTPRoute", "default", &format!("r{i:03}")));
+        }
+        r.resources.push(st("Gateway", "default", "late"));
+        assert_eq!(
+            r.get("HTTPRoute", "default", "r042").unwrap().object.name,
+            "r042"
+        );
+        assert!(r.get("HTTPRoute", "default", "r100").is_none());
+        assert_eq!(
+            r.get("Gateway", "default", "late").unwrap().object.kind,
+            "Gateway"
+        );
+        r.get_mut("HTTPRoute", "default", "r007")
+            .unwrap()
+            .conditions
+            .clear();
+    }
 }

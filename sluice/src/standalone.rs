@@ -156,7 +156,7 @@ struct Pipeline {
     applied: Option<Arc<Snapshot>>,
     version: u64,
     listener_errors: BTreeMap<String, String>,
-    previous_status: StatusReport,
+    previous_status: Arc<StatusReport>,
     datapath: Option<crate::datapath::KernelDatapath>,
 }
 
@@ -238,7 +238,8 @@ impl Pipeline {
             mark_listener_errors(&mut status, applied, &retrying, None);
         }
         log_status_changes(&self.previous_status, &status);
-        admin_state.status.store(Arc::new(status.clone()));
+        let status = Arc::new(status);
+        admin_state.status.store(status.clone());
         self.previous_status = status;
         !self.listener_errors.is_empty()
     }
