@@ -62,7 +62,8 @@ pub enum ClientValidationMode {
 pub struct UpstreamTls {
     /// SNI sent, and the name verified when `subjectAltNames` is empty.
     pub sni: String,
-    /// Trusted CA certificates, PEM; `None` = the system's trust store.
+    /// Trusted CA certificates, PEM; `None` = the system's trust store; empty = no certificate
+    /// is trusted and every connection fails verification (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
     /// Names the server certificate must carry (any one), instead of `sni`.

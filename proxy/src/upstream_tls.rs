@@ -141,6 +141,9 @@ pub(crate) fn compile(
     let err = |m: String| CompileError::new(format!("{path}.tls"), m);
     let roots = match &t.ca_pem {
         None => system_roots(),
+        // An empty bundle trusts nothing: every handshake fails verification, so requests get
+        // a 5xx (a BackendTLSPolicy none of whose CA references resolved fails closed).
+        Some(ca) if ca.trim().is_empty() => Arc::new(RootCertStore::empty()),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {

@@ -102,6 +102,7 @@ async fn tls_to_upstreams() {
             .prefix("/wrong-ca")
             .backend("wrong-ca", 1)
             .build(),
+        route("no-ca").prefix("/no-ca").backend("no-ca", 1).build(),
     ];
     let clusters = vec![
         tls_cluster(
@@ -144,6 +145,15 @@ async fn tls_to_upstreams() {
             &[],
             UpstreamProtocol::Http1,
         ),
+        // An empty bundle (a policy without a valid CA) applies and trusts nothing.
+        tls_cluster(
+            "no-ca",
+            addr,
+            "",
+            "backend.internal",
+            &[],
+            UpstreamProtocol::Http1,
+        ),
     ];
     let s = snapshot(
         vec![http_listener(port, vec![vhost("*", routes)])],
@@ -158,6 +168,7 @@ async fn tls_to_upstreams() {
     }
     assert_eq!(get(&c, port, "h", "/wrong-name").await.status, 502);
     assert_eq!(get(&c, port, "h", "/wrong-ca").await.status, 502);
+    assert_eq!(get(&c, port, "h", "/no-ca").await.status, 502);
 }
 
 #[tokio::test]
