@@ -354,6 +354,23 @@ impl Cluster {
         Ok(g)
     }
 
+    /// Creates one object in an existing layer (as `kubectl create` during a test; removed with
+    /// the layer) and rewrites the layer file. Only objects without pods (no Deployments).
+    pub fn create(&mut self, layer: &str, object: Value) -> anyhow::Result<()> {
+        let key = ObjKey::of(&object).context("object without kind or name")?;
+        anyhow::ensure!(self.get(&key).is_none(), "{key} already exists");
+        anyhow::ensure!(
+            key.kind != "Deployment",
+            "{key}: pods are started per layer"
+        );
+        let object = self.prepare(object);
+        self.layers
+            .get_mut(layer)
+            .with_context(|| format!("no layer {layer}"))?
+            .push(object);
+        self.write_layer(layer)
+    }
+
     /// Deletes an object (as `kubectl delete`) and rewrites its layer file.
     pub fn delete(&mut self, key: &ObjKey) -> anyhow::Result<()> {
         let layer = self
