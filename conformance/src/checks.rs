@@ -117,7 +117,28 @@ fn key(kind: &str, s: &str) -> ObjKey {
     }
 }
 
+/// Route kinds a generic route check can refer to.
+const ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"];
+
 impl<'a> View<'a> {
+    /// The kind of the applied route `ns/name`; an error when no or several route kinds have
+    /// that name.
+    fn applied_route_kind(&self, route: &str) -> Result<&'static str, String> {
+        let found: Vec<&'static str> = ROUTE_KINDS
+            .iter()
+            .copied()
+            .filter(|k| self.cluster.get(&key(k, route)).is_some())
+            .collect();
+        match found.as_slice() {
+            [k] => Ok(k),
+            [] => Err(format!("no route {route} is applied")),
+            ks => Err(format!(
+                "\u{0}route {route} is ambiguous: {}",
+                ks.join(", ")
+            )),
+        }
+    }
+
     fn resource(&self, k: &ObjKey) -> Result<&'a ResourceStatus, String> {
         self.status
             .get(&k.kind, &k.namespace, &k.name)
@@ -491,12 +512,14 @@ pub fn evaluate(name: &str, args: &Value, view: View<'_>, st: &mut CheckState) -
             let g = s(gw, "gateway")?;
             view.gateway_address(g)?;
             let listeners = strs(gw, "listeners").len().max(1);
-            let kind = if name == "GatewayAndRoutesMustBeAccepted" {
-                "HTTPRoute"
-            } else {
-                route_kind(name)
-            };
             for r in strs(args, "routeNNs") {
+                // The generic helper takes the route type as a Go value, which cases.yaml
+                // transcribes as `routeType: {}`: the kind is the one of the applied route.
+                let kind = if name == "GatewayAndRoutesMustBeAccepted" {
+                    view.applied_route_kind(&r)?
+                } else {
+                    route_kind(name)
+                };
                 view.route_parents_accepted(kind, &r, g, listeners)?;
             }
             let all = ["ResolvedRefs", "Accepted", "Programmed"].map(|t| WantCondition {
@@ -594,10 +617,15 @@ pub fn evaluate(name: &str, args: &Value, view: View<'_>, st: &mut CheckState) -
                 Err(format!("{k} has no Accepted condition"))
             }
         }
-        "HTTPRouteMustHaveLatestConditions" => {
-            let k = key("HTTPRoute", s(args, "rNN")?);
+        "HTTPRouteMustHaveLatestConditions" | "BackendTLSPolicyMustHaveLatestConditions" => {
+            // Every parent's (route) or ancestor's (policy) conditions are current.
+            let k = if name.starts_with("HTTPRoute") {
+                key("HTTPRoute", s(args, "rNN")?)
+            } else {
+                key("BackendTLSPolicy", s(args, "policyNN")?)
+            };
             let r = view.resource(&k)?;
-            for p in &r.parents {
+            for p in r.parents.iter().chain(&r.ancestors) {
                 view.latest(&k, &p.conditions)?;
             }
             Ok(())

@@ -311,13 +311,18 @@ impl Cluster {
             .insert(format!("{}/{}", key.namespace, key.name), files);
     }
 
-    /// Creates one object in an existing layer while a test runs (as upstream's applier does
-    /// from Go code): stamps `metadata.creationTimestamp` with the current second, so routes
-    /// created later are younger than the ones applied from manifests (which carry none and
-    /// so count as oldest).
+    /// Creates one object in an existing layer while a test runs (as upstream's applier or
+    /// `kubectl create` does from Go code; removed with the layer) and rewrites the layer file.
+    /// Stamps `metadata.creationTimestamp` with the current second, so routes created later are
+    /// younger than the ones applied from manifests (which carry none and so count as oldest).
+    /// Only objects without pods (no Deployments: pods are started per layer).
     pub fn create(&mut self, layer: &str, mut object: Value) -> anyhow::Result<()> {
         let key = ObjKey::of(&object).context("object without kind or name")?;
         anyhow::ensure!(self.get(&key).is_none(), "{key} already exists");
+        anyhow::ensure!(
+            key.kind != "Deployment",
+            "{key}: pods are started per layer"
+        );
         object["metadata"]["creationTimestamp"] = json!(crate::report::now_rfc3339());
         let object = self.prepare(object);
         self.layers

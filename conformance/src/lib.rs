@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod echo;
 pub mod expect;
 pub mod gateway;
+pub mod grpc_send;
 pub mod l4_send;
 pub mod report;
 pub mod runner;
@@ -299,6 +300,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Summary> {
         } else if let Some(f) = claims.missing_feature(test) {
             Outcome::NotSupported(format!("feature {f} not claimed"))
         } else if test.profiles.is_empty() && test.features.is_empty() {
+            // A test in no profile runs when the features it names are claimed, as upstream
+            // (the report's profiles do not count it); one that names none is not run.
             Outcome::NotSupported("in no conformance profile".into())
         } else if let Some(why) = claims.skip_tests.get(&test.name) {
             Outcome::Skipped(why.clone())

@@ -6,13 +6,16 @@ use crate::certs::Generated;
 use crate::checks::{self, CheckState, Outcome as CheckOutcome, View};
 use crate::client::{self, ClientTls, HttpRequest, Protocol};
 use crate::cluster::{Cluster, ObjKey};
+use crate::echo::grpc_echo_client_call;
 use crate::expect::{HttpCase, compare_round_trip};
 use crate::gateway::Gateway;
+use crate::grpc_send::{self, GrpcCase};
 use crate::l4_send;
 use crate::report::Outcome;
 use serde_json::json;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -325,6 +328,56 @@ fn created_after(test: &str, line: u64) -> Option<serde_json::Value> {
 /// The layer the suite applies a test's manifests as (see `crate::run`).
 pub const TEST_LAYER: &str = "50-test";
 
+/// Upstream `http.AwaitConvergence`: repeats `attempt` until it succeeds `consecutive` times in
+/// a row, waiting `retry_delay` after each failure; fails with the last error once `max_time`
+/// has passed.
+async fn await_convergence<F, Fut>(t: &Timing, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + t.max_time;
+    let (mut ok, mut attempts) = (0usize, 0usize);
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(()) => {
+                ok += 1;
+                if ok >= t.consecutive {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "did not converge after {attempts} attempts in {:?}: {e}",
+                    t.max_time
+                ));
+            }
+            Err(_) => ok = 0,
+        }
+        tokio::time::sleep(t.retry_delay).await;
+    }
+}
+
+/// Runs the cases together (upstream's parallel subtests); fails with every case's error.
+async fn all_cases<I>(cases: I) -> StepResult
+where
+    I: IntoIterator,
+    I::Item: Future<Output = Result<(), String>>,
+{
+    let errors: Vec<String> = futures::future::join_all(cases)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        fail(errors.join("\n      "))
+    }
+}
+
 /// Per-test interpretation state.
 struct TestRun<'a> {
     env: &'a Env,
@@ -339,6 +392,8 @@ struct TestRun<'a> {
     last_l4_addr: Option<SocketAddr>,
     /// Backend the last TCP send expected (what `tcp.EchoSendOnce` samples must hit).
     last_tcp_backend: Option<String>,
+    /// `spec.validation.caCertificateRefs` a mutation replaced, to restore later.
+    saved_ca_refs: Option<serde_json::Value>,
 }
 
 /// The variables a table column binds: `$tc.<c>` and `$s.<c>`, or `$c` itself for the loops of
@@ -441,6 +496,7 @@ impl<'a> TestRun<'a> {
             expect_mirrors: false,
             last_l4_addr: None,
             last_tcp_backend: None,
+            saved_ca_refs: None,
         }
     }
 
@@ -514,6 +570,31 @@ impl<'a> TestRun<'a> {
                     }
                     return Ok(());
                 }
+                // Upstream loops over the test's BackendTLSPolicies (`for _, policyNN := range
+                // ...`); cases.yaml keeps the loop variable: run the rest once per policy.
+                if !self.vars.contains_key("$policyNN")
+                    && serde_yaml::to_string(step).is_ok_and(|t| t.contains("$policyNN"))
+                {
+                    let policies = self.test_objects("BackendTLSPolicy").await;
+                    if policies.is_empty() {
+                        return unsupported(
+                            "$policyNN without a BackendTLSPolicy in the manifests",
+                        );
+                    }
+                    for p in policies {
+                        let saved = self.vars.clone();
+                        self.vars.insert(
+                            "$policyNN".into(),
+                            Value::from(format!("{}/{}", p.namespace, p.name)),
+                        );
+                        self.vars
+                            .insert("$policyNN.Name".into(), Value::from(p.name.clone()));
+                        let r = self.run_steps(&steps[i..]).await;
+                        self.vars = saved;
+                        r?;
+                    }
+                    return Ok(());
+                }
                 self.run_step(step).await?;
             }
             Ok(())
@@ -581,10 +662,19 @@ impl<'a> TestRun<'a> {
             "http.MakeRequest" => return Ok(()),
             _ => {}
         }
-        let step = &self.accepted_parents(step);
+        let line = step.get("line").and_then(Value::as_u64).unwrap_or(0);
+        self.before_check(line).await?;
+        let mut step = self.accepted_parents(step);
+        // Upstream passes the policy object it just read; cases.yaml has no argument for it.
+        if name == "BackendTLSPolicyMustHaveLatestConditions" && step.get("policyNN").is_none() {
+            match self.test_objects("BackendTLSPolicy").await.as_slice() {
+                [p] => step["policyNN"] = Value::from(format!("{}/{}", p.namespace, p.name)),
+                _ => return unsupported(format!("{name} at line {line}: which policy?")),
+            }
+        }
+        let step = &step;
         let args = substitute(step, &self.vars).map_err(StepError::Unsupported);
         // `$routeNN` iterates over the routes of the preceding accepted-check.
-        let line = step.get("line").and_then(Value::as_u64).unwrap_or(0);
         let errata = ROUTE_LOOP_ERRATA
             .iter()
             .any(|(t, l)| *t == self.test.name && *l == line);
@@ -773,6 +863,7 @@ impl<'a> TestRun<'a> {
             "tls-connection-rejected" => return self.tls_rejected(&step).await,
             "tcp" => return self.tcp_send(&step).await,
             "udp" => return self.udp_send(&step).await,
+            "grpc" => return self.grpc_send(&step).await,
             other => return unsupported(format!("send {other}")),
         }
         let https = kind.starts_with("https");
@@ -850,16 +941,7 @@ impl<'a> TestRun<'a> {
                 r.map_err(|e| format!("case {name:?}: {e}"))
             }
         });
-        let errors: Vec<String> = futures::future::join_all(futs)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            fail(errors.join("\n      "))
-        }
+        all_cases(futs).await
     }
 
     fn request(
@@ -1063,39 +1145,6 @@ impl<'a> TestRun<'a> {
         Ok(())
     }
 
-    /// Polls one probe until it passes `consecutive` times in a row, retrying after
-    /// `retry_delay`, for at most `max_time` (the HTTP convergence rules).
-    async fn converge_with<F, Fut>(&self, what: &str, probe: F) -> Result<(), String>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        let t = &self.env.timing;
-        let deadline = Instant::now() + t.max_time;
-        let (mut ok, mut attempts) = (0usize, 0usize);
-        loop {
-            attempts += 1;
-            let last = match probe().await {
-                Ok(()) => {
-                    ok += 1;
-                    if ok >= t.consecutive {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => e,
-            };
-            ok = 0;
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{what} did not converge after {attempts} attempts in {:?}: {last}",
-                    t.max_time
-                ));
-            }
-            tokio::time::sleep(t.retry_delay).await;
-        }
-    }
-
     /// A `tcp` send (upstream `MakeTCPRequestAndExpectEventuallyValidResponse`): each case's
     /// session (optionally over TLS with `serverName`, trusting `serverCertificate`) must
     /// reach the expected backend.
@@ -1133,14 +1182,14 @@ impl<'a> TestRun<'a> {
         let timeout = self.env.timing.request_timeout;
         for case in &cases {
             let tls = tls.as_ref();
-            self.converge_with(&format!("TCP session to {addr}"), || async move {
+            await_convergence(&self.env.timing, || async move {
                 let s = l4_send::tcp_session(addr, tls, timeout)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
                 l4_send::check_tcp(case, &s)
             })
             .await
-            .map_err(StepError::Failed)?;
+            .map_err(|e| StepError::Failed(format!("TCP session to {addr}: {e}")))?;
             self.last_tcp_backend = Some(case.backend.clone());
         }
         Ok(())
@@ -1156,13 +1205,13 @@ impl<'a> TestRun<'a> {
             cases.push(l4_send::UdpCase::default());
         }
         for case in &cases {
-            self.converge_with(&format!("UDP echo through {addr}"), || async move {
+            await_convergence(&self.env.timing, || async move {
                 l4_send::udp_round_trip(addr, l4_send::UDP_PROBE, case, Duration::from_secs(2))
                     .await
                     .map(|_| ())
             })
             .await
-            .map_err(StepError::Failed)?;
+            .map_err(|e| StepError::Failed(format!("UDP echo through {addr}: {e}")))?;
         }
         Ok(())
     }
@@ -1224,9 +1273,18 @@ impl<'a> TestRun<'a> {
         Ok(())
     }
 
+    /// The shared Gateway `same-namespace` (the weight and retry tests' `gwAddr`).
+    async fn same_namespace_target(&self) -> Result<(SocketAddr, String), StepError> {
+        let target = serde_yaml::to_value(
+            json!({"address": {"gateway": "gateway-conformance-infra/same-namespace"}}),
+        )
+        .unwrap_or_default();
+        self.target(&target, "http").await
+    }
+
     /// `weight.TestWeightedDistribution`: up to 10 rounds of 500 requests (10 in flight) whose
     /// answering backends must match the expected weights; the sender follows the test kind
-    /// (HTTP requests, TCP `EchoSendOnce`, UDP datagrams).
+    /// (HTTP requests, gRPC `Echo` calls, TCP `EchoSendOnce`, UDP datagrams).
     async fn weighted(&self, step: &Value) -> StepResult {
         let want: BTreeMap<String, f64> = step
             .get("expectedWeights")
@@ -1263,14 +1321,13 @@ impl<'a> TestRun<'a> {
                 })
                 .await;
         }
+        if self.test.name == "GRPCRouteWeight" {
+            return self.grpc_weighted(&want).await;
+        }
         if self.test.name != "HTTPRouteWeight" {
             return unsupported(format!("weighted sender of {}", self.test.name));
         }
-        let target = serde_yaml::to_value(
-            json!({"address": {"gateway": "gateway-conformance-infra/same-namespace"}}),
-        )
-        .unwrap_or_default();
-        let (addr, authority) = self.target(&target, "http").await?;
+        let (addr, authority) = self.same_namespace_target().await?;
         let case = HttpCase {
             request: crate::expect::RequestSpec {
                 path: "/".into(),
@@ -1337,41 +1394,87 @@ impl<'a> TestRun<'a> {
         fail(format!("weighted distribution failed 10 times: {last}"))
     }
 
-    async fn websocket(&self) -> StepResult {
-        let target = serde_yaml::to_value(
-            json!({"address": {"gateway": "gateway-conformance-infra/same-namespace"}}),
-        )
-        .unwrap_or_default();
-        let (addr, authority) = self.target(&target, "http").await?;
-        let t = &self.env.timing;
-        let deadline = Instant::now() + t.max_time;
-        let mut ok = 0;
-        let mut last;
-        loop {
-            match client::websocket_echo(addr, &authority, "/ws", t.request_timeout).await {
-                Ok(()) => {
-                    ok += 1;
-                    if ok >= t.consecutive {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => last = format!("{e:#}"),
+    /// GRPCRouteWeight's sender: `Echo` calls (half with random `x-jitter` metadata, upstream's
+    /// `grpc.AddEntropy`) that must succeed; the pod that answered.
+    async fn grpc_weighted(&self, want: &BTreeMap<String, f64>) -> StepResult {
+        let (addr, _) = self.same_namespace_target().await?;
+        let authority = addr.to_string();
+        let (authority, timeout) = (authority.as_str(), self.env.timing.request_timeout);
+        self.distribution(want, || async move {
+            let mut md = Vec::new();
+            if rand::random::<bool>() {
+                md.push((
+                    "x-jitter".to_string(),
+                    (rand::random::<u32>() % 10000).to_string(),
+                ));
             }
-            ok = 0;
-            if Instant::now() >= deadline {
-                return fail(format!("websocket echo did not converge: {last}"));
+            let (code, resp) = grpc_echo_client_call(addr, authority, "Echo", &md, timeout)
+                .await
+                .map_err(|e| format!("failed to send gRPC request: {e:#}"))?;
+            if code != tonic::Code::Ok {
+                return Err(format!(
+                    "expected OK response, got {}",
+                    grpc_send::code_name(code)
+                ));
             }
-            tokio::time::sleep(t.retry_delay).await;
+            grpc_send::pod_of(resp.as_ref()).ok_or_else(|| "response without a pod".into())
+        })
+        .await
+    }
+
+    /// A `send: grpc` step: every case converges (in parallel, like upstream's subtests).
+    async fn grpc_send(&self, step: &Value) -> StepResult {
+        let (addr, _) = self.target(step, "http").await?;
+        let line = step.get("line").and_then(Value::as_u64).unwrap_or(0);
+        let mut cases = Vec::new();
+        for (i, case) in parse_cases::<GrpcCase>(step)?.into_iter().enumerate() {
+            if !matches!(case.rpc.as_str(), "Echo" | "EchoTwo" | "EchoThree") {
+                return unsupported(format!("grpc case {i}: rpc {:?}", case.rpc));
+            }
+            let want = case
+                .expected_code(&self.test.name, line, i)
+                .map_err(StepError::Unsupported)?;
+            cases.push((i, case, want));
         }
+        if cases.is_empty() {
+            return unsupported("grpc send without cases");
+        }
+        let t = &self.env.timing;
+        let futs = cases.iter().map(|(i, case, want)| async move {
+            let authority = if case.request_metadata.authority.is_empty() {
+                addr.to_string()
+            } else {
+                case.request_metadata.authority.clone()
+            };
+            let md = case.metadata();
+            let (authority, md) = (&authority, &md);
+            await_convergence(t, || async move {
+                let (code, resp) =
+                    grpc_echo_client_call(addr, authority, &case.rpc, md, t.request_timeout)
+                        .await
+                        .map_err(|e| format!("failed to send RPC: {e:#}"))?;
+                grpc_send::compare(case, *want, code, resp.as_ref())
+            })
+            .await
+            .map_err(|e| format!("case {:?}: {e}", case.display_name(*i, *want)))
+        });
+        all_cases(futs).await
+    }
+
+    async fn websocket(&self) -> StepResult {
+        let (addr, authority) = self.same_namespace_target().await?;
+        let t = &self.env.timing;
+        await_convergence(t, || async {
+            client::websocket_echo(addr, &authority, "/ws", t.request_timeout)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .map_err(|e| StepError::Failed(format!("websocket echo: {e}")))
     }
 
     async fn retry_rows(&self, rows: &[Value]) -> StepResult {
-        let target = serde_yaml::to_value(
-            json!({"address": {"gateway": "gateway-conformance-infra/same-namespace"}}),
-        )
-        .unwrap_or_default();
-        let (addr, authority) = self.target(&target, "http").await?;
+        let (addr, authority) = self.same_namespace_target().await?;
         let futs = rows.iter().map(|row| {
             let authority = authority.clone();
             async move {
@@ -1440,27 +1543,108 @@ impl<'a> TestRun<'a> {
                 }
             }
         });
-        let errs: Vec<String> = futures::future::join_all(futs)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            fail(errs.join("\n      "))
-        }
+        all_cases(futs).await
     }
 
-    async fn mutate(&self, n: usize) -> StepResult {
+    /// Objects of a kind the test's manifests applied, manifest order.
+    async fn test_objects(&self, kind: &str) -> Vec<ObjKey> {
+        self.env
+            .cluster
+            .lock()
+            .await
+            .layer_keys(TEST_LAYER)
+            .into_iter()
+            .filter(|k| k.kind == kind)
+            .collect()
+    }
+
+    /// What upstream does in Go code right before the check at `line` and cases.yaml has no
+    /// step for.
+    async fn before_check(&self, line: u64) -> StepResult {
+        const CM: &str = "tls-checks-ca-certificate-reconcile-test";
+        let infra = "gateway-conformance-infra";
+        let cm_key = |name: &str| ObjKey {
+            kind: "ConfigMap".into(),
+            namespace: infra.into(),
+            name: name.into(),
+        };
+        let mut c = self.env.cluster.lock().await;
+        let original_ca = || {
+            c.get(&cm_key("tls-checks-ca-certificate"))
+                .and_then(|o| o.pointer("/data/ca.crt"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| StepError::Failed("ConfigMap tls-checks-ca-certificate".into()))
+        };
+        // BackendTLSPolicy's CA-reconcile subtest: create the ConfigMap the policy now refers
+        // to (a copy of the shared CA), empty its ca.crt, then restore it.
+        let r = match (self.test.name.as_str(), line) {
+            ("BackendTLSPolicy", 223) => {
+                let ca = original_ca()?;
+                c.create(
+                    TEST_LAYER,
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": CM, "namespace": infra},
+                           "data": {"ca.crt": ca}}),
+                )
+            }
+            ("BackendTLSPolicy", 228) => c
+                .mutate(&cm_key(CM), |o| o["data"]["ca.crt"] = json!(""))
+                .map(|_| ()),
+            ("BackendTLSPolicy", 233) => {
+                let ca = original_ca()?;
+                c.mutate(&cm_key(CM), |o| o["data"]["ca.crt"] = json!(ca))
+                    .map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        r.map_err(|e| StepError::Failed(format!("{e:#}")))
+    }
+
+    async fn mutate(&mut self, n: usize) -> StepResult {
         let infra = "gateway-conformance-infra";
         let gw = |name: &str| ObjKey {
             kind: "Gateway".into(),
             namespace: infra.into(),
             name: name.into(),
         };
+        let policy = |name: &str| ObjKey {
+            kind: "BackendTLSPolicy".into(),
+            namespace: infra.into(),
+            name: name.into(),
+        };
         let mut c = self.env.cluster.lock().await;
         let r = match (self.test.name.as_str(), n) {
+            ("BackendTLSPolicyObservedGenerationBump", 1) => {
+                let k = policy("observed-generation-bump");
+                let before = c.generation(&k);
+                let g = c
+                    .mutate(&k, |o| {
+                        o["spec"]["validation"]["hostname"] = json!("foo.example.com")
+                    })
+                    .map_err(|e| StepError::Failed(e.to_string()))?;
+                if before == Some(g) {
+                    return fail("generation should change after an update");
+                }
+                Ok(g)
+            }
+            ("BackendTLSPolicy", 1) => {
+                let saved = &mut self.saved_ca_refs;
+                c.mutate(&policy("reconcile-test"), |o| {
+                    let refs = &mut o["spec"]["validation"]["caCertificateRefs"];
+                    *saved = Some(refs.clone());
+                    *refs = json!([{"group": "", "kind": "ConfigMap",
+                                    "name": "tls-checks-ca-certificate-reconcile-test"}]);
+                })
+            }
+            ("BackendTLSPolicy", 2) => {
+                let Some(refs) = self.saved_ca_refs.take() else {
+                    return fail("no caCertificateRefs saved to restore");
+                };
+                c.mutate(&policy("reconcile-test"), |o| {
+                    o["spec"]["validation"]["caCertificateRefs"] = refs
+                })
+            }
             ("GatewayObservedGenerationBump", 1) => c.mutate(&gw("gateway-observed-generation-bump"), |o| {
                 if let Some(ls) = o["spec"]["listeners"].as_array_mut() {
                     ls.push(json!({"name": "alternate", "hostname": "foo.com", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}));

@@ -1,11 +1,13 @@
 //! The runner must be able to fail: it runs real cases against a stand-in gateway that serves
-//! `/status` like Sluice but forwards every request unchanged (no filters applied), and must
-//! report the header-modifier test as FAILED naming the case, while a plain routing test passes.
+//! `/status` like Sluice but forwards every request unchanged (no filters applied, every gRPC
+//! call to one backend, whatever the route says), and must report the header-modifier and
+//! gRPC header-matching tests as FAILED naming the cases, while a plain routing test passes.
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_conformance::report::Outcome;
 use sluice_conformance::runner::Timing;
 use sluice_conformance::{RunOptions, run};
@@ -75,7 +77,7 @@ fn status(dir: &Path) -> StatusReport {
                     });
                 }
             }
-            "HTTPRoute" => {
+            "HTTPRoute" | "GRPCRoute" => {
                 for p in d["spec"]["parentRefs"].as_array().into_iter().flatten() {
                     r.parents.push(RouteParentStatus {
                         parent_ref: ParentRef {
@@ -95,17 +97,25 @@ fn status(dir: &Path) -> StatusReport {
     report
 }
 
-/// The first endpoint of infra-backend-v1, from the EndpointSlices the runner wrote.
-fn backend(dir: &Path) -> Option<SocketAddr> {
+/// The first endpoint of a Service's pods (port 3000), from the EndpointSlices the runner
+/// wrote.
+fn backend(dir: &Path, service: &str) -> Option<SocketAddr> {
+    let slice = format!("{service}-sluice");
     docs(dir).into_iter().find_map(|d| {
-        (d["kind"] == "EndpointSlice" && d["metadata"]["name"] == "infra-backend-v1-sluice")
+        (d["kind"] == "EndpointSlice" && d["metadata"]["name"] == slice.as_str())
             .then(|| d["endpoints"][0]["addresses"][0].as_str()?.parse().ok())
             .flatten()
             .map(|ip| SocketAddr::new(ip, 3000))
     })
 }
 
-type Resp = http::Response<Full<Bytes>>;
+type Resp = http::Response<BoxBody<Bytes, hyper::Error>>;
+
+fn full(body: impl Into<Bytes>) -> BoxBody<Bytes, hyper::Error> {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 async fn admin(
     req: http::Request<hyper::body::Incoming>,
@@ -115,22 +125,45 @@ async fn admin(
         "/status" => serde_json::to_vec(&status(&dir)).unwrap_or_default(),
         _ => b"ready".to_vec(),
     };
-    Ok(http::Response::new(Full::new(Bytes::from(body))))
+    Ok(http::Response::new(full(body)))
 }
 
-/// Forwards the request, unmodified, to infra-backend-v1: no filter is applied.
+/// Forwards the request, unmodified, to infra-backend-v1 (no filter is applied); HTTP/2 (gRPC)
+/// requests go to grpc-infra-backend-v1, whatever they match.
 async fn proxy(
     req: http::Request<hyper::body::Incoming>,
     dir: PathBuf,
 ) -> Result<Resp, hyper::Error> {
     let bad = |code: u16| {
-        let mut r = http::Response::new(Full::new(Bytes::new()));
+        let mut r = http::Response::new(full(Bytes::new()));
         *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or_default();
         Ok(r)
     };
-    let Some(addr) = backend(&dir) else {
+    let h2 = req.version() == http::Version::HTTP_2;
+    let service = if h2 {
+        "grpc-infra-backend-v1"
+    } else {
+        "infra-backend-v1"
+    };
+    let Some(addr) = backend(&dir, service) else {
         return bad(503);
     };
+    if h2 {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            return bad(502);
+        };
+        let Ok((mut send, conn)) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
+        else {
+            return bad(502);
+        };
+        tokio::spawn(conn);
+        // Streamed both ways so that the gRPC trailers pass through.
+        let Ok(resp) = send.send_request(req).await else {
+            return bad(502);
+        };
+        return Ok(resp.map(|b| b.boxed()));
+    }
     let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
         return bad(502);
     };
@@ -147,7 +180,7 @@ async fn proxy(
     };
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(http::Response::from_parts(parts, Full::new(body)))
+    Ok(http::Response::from_parts(parts, full(body)))
 }
 
 async fn serve<F, Fut>(addr: SocketAddr, dir: PathBuf, f: F)
@@ -166,7 +199,8 @@ where
             let dir = dir.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |r| f(r, dir.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1 and prior-knowledge h2c (gRPC).
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
             });
@@ -175,7 +209,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_modifier_case_fails_against_a_gateway_that_ignores_filters() {
+async fn header_modifier_and_grpc_header_match_cases_fail_against_a_gateway_that_ignores_them() {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
     if !shared.join("cases.yaml").exists() {
         eprintln!("SKIPPED: no suite data at {}", shared.display());
@@ -191,6 +225,7 @@ async fn header_modifier_case_fails_against_a_gateway_that_ignores_filters() {
         only: vec![
             "HTTPRouteRequestHeaderModifier".into(),
             "HTTPRouteSimpleSameNamespace".into(),
+            "GRPCRouteHeaderMatching".into(),
         ],
         shared_dir: shared,
         expected_pass: None,
@@ -220,6 +255,26 @@ async fn header_modifier_case_fails_against_a_gateway_that_ignores_filters() {
             assert!(
                 why.contains("X-Header-Set"),
                 "failure names the header: {why}"
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    match summary.outcome("GRPCRouteHeaderMatching") {
+        Some(Outcome::Failed(why)) => {
+            assert!(
+                why.contains("with headers '{Version:two}' should go to grpc-infra-backend-v2")
+                    && why.contains("expected pod name to start with grpc-infra-backend-v2"),
+                "failure names the misrouted case: {why}"
+            );
+            assert!(
+                why.contains("with headers '{Color:purple}' should receive a Unimplemented (12)")
+                    && why
+                        .contains("expected status code to be Unimplemented (12), but got OK (0)"),
+                "failure names the case that must not match: {why}"
+            );
+            assert!(
+                !why.contains("{Version:one}"),
+                "the case the stand-in happens to route right passes: {why}"
             );
         }
         other => panic!("expected a failure, got {other:?}"),
