@@ -1,15 +1,16 @@
-//! Load generators: wrk (HTTP/1.1, plain and TLS) and h2load (HTTP/2, h2c and TLS), their
-//! command lines and the parsing of what they print.
+//! Load generators: wrk (HTTP/1.1, plain and TLS), h2load (HTTP/2, h2c and TLS) and
+//! `peer-bench h3-load` (HTTP/3, [`crate::h3load`]), their command lines and the parsing of what
+//! they print.
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::procs::Pinning;
 use crate::stats::percentile;
 
 /// One load run's client-side figures.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LoadResult {
     /// Completed requests.
     pub requests: u64,
@@ -44,6 +45,15 @@ pub enum Tool {
         /// Concurrent streams per connection.
         streams: usize,
     },
+    /// `peer-bench h3-load` (quinn + h3), one thread.
+    H3 {
+        /// QUIC connections.
+        conns: usize,
+        /// Concurrent request streams per connection.
+        streams: usize,
+        /// The server's certificate (PEM), which the client trusts as its own root.
+        cert: PathBuf,
+    },
 }
 
 impl Tool {
@@ -65,6 +75,9 @@ impl Tool {
                 s
             }
             Tool::H2load { conns, streams } => format!("h2load -t1 -c{conns} -m{streams}"),
+            Tool::H3 { conns, streams, .. } => {
+                format!("peer-bench h3-load (quinn + h3, 1 thread) -c{conns} -m{streams}")
+            }
         }
     }
 
@@ -91,15 +104,7 @@ impl Tool {
                     cmd.arg("-s").arg(s);
                 }
                 cmd.arg(url);
-                let out = cmd.output().context("running wrk")?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                if !out.status.success() {
-                    bail!(
-                        "wrk failed ({}): {text}{}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                let text = stdout_of(cmd, "wrk")?;
                 parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))
             }
             Tool::H2load { conns, streams } => {
@@ -115,15 +120,7 @@ impl Tool {
                 ]);
                 cmd.arg(format!("--log-file={}", log.display()));
                 cmd.arg(url);
-                let out = cmd.output().context("running h2load")?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                if !out.status.success() {
-                    bail!(
-                        "h2load failed ({}): {text}{}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                let text = stdout_of(cmd, "h2load")?;
                 let mut r = parse_h2load(&text)
                     .with_context(|| format!("parsing h2load output:\n{text}"))?;
                 let lat = read_h2load_log(&log)?;
@@ -132,8 +129,37 @@ impl Tool {
                 let _ = std::fs::remove_file(&log);
                 Ok(r)
             }
+            Tool::H3 {
+                conns,
+                streams,
+                cert,
+            } => {
+                let exe = std::env::current_exe().context("locating peer-bench")?;
+                let mut cmd = pin.load_cmd(exe);
+                cmd.args([crate::h3load::SUBCOMMAND, "--url", url]);
+                cmd.args(["--conns", &conns.to_string()]);
+                cmd.args(["--streams", &streams.to_string()]);
+                cmd.args(["--seconds", &secs.to_string()]);
+                cmd.arg("--cert").arg(cert);
+                let text = stdout_of(cmd, "h3-load")?;
+                crate::h3load::parse_output(&text)
+            }
         }
     }
+}
+
+/// Runs a load generator to its end; its stdout, or an error with everything it printed.
+fn stdout_of(mut cmd: std::process::Command, name: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {name}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
 }
 
 /// Parses a wrk duration like `812.34us`, `1.20ms`, `2.00s`, `1.00m` into milliseconds.

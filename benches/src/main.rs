@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod h3load;
 mod load;
 mod peers;
 mod procs;
@@ -65,6 +66,11 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // The HTTP/3 load generator runs as a child process of the runner (pinned like wrk).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(h3load::SUBCOMMAND) {
+        return h3load::main(&args[2..]);
+    }
     let cli = Cli::parse();
     if cli.list {
         print!("{}", scenarios::list());
@@ -226,19 +232,11 @@ fn run(
     for sc in selected {
         eprintln!("==> {}: {}", sc.name, sc.title);
         let layout = match sc.kind {
-            Kind::Throughput { layout, .. } => Some(layout),
-            Kind::Reload { routes } => Some(Layout::Routes(routes)),
-            Kind::IdleMemory { .. } => Some(Layout::Base),
-            Kind::Slot { .. } => None,
+            Kind::Throughput { layout, .. } => layout,
+            Kind::Reload { routes } => Layout::Routes(routes),
+            Kind::IdleMemory { .. } | Kind::Http3 { .. } => Layout::Base,
         };
         let outcome = (|| -> Result<Outcome> {
-            let Some(layout) = layout else {
-                let mut none = Instances {
-                    layout: Layout::Base,
-                    list: vec![],
-                };
-                return scenarios::run(env, sc, settings, &mut none);
-            };
             // Idle memory is measured on fresh processes: memory a proxy kept from earlier
             // scenarios (allocator caches, grown pools) would hide the per-connection cost.
             let fresh = matches!(sc.kind, Kind::IdleMemory { .. });
@@ -338,6 +336,12 @@ fn check_ports_free() -> Result<()> {
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
             bail!("port {p} is in use (another benchmark running?)");
         }
+    }
+    // Sluice's HTTP/3 listener takes the UDP port of the same number too.
+    if let Some(p) = peers::Ports::of(Peer::Sluice, Layout::Base).h3
+        && std::net::UdpSocket::bind(("127.0.0.1", p)).is_err()
+    {
+        bail!("UDP port {p} is in use (another benchmark running?)");
     }
     Ok(())
 }

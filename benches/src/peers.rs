@@ -58,7 +58,8 @@ impl Peer {
 /// What an instance is configured to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
-    /// One catch-all route; HTTP (HTTP/1.1 and h2c), HTTPS (h2 and HTTP/1.1 by ALPN).
+    /// One catch-all route; HTTP (HTTP/1.1 and h2c), HTTPS (h2 and HTTP/1.1 by ALPN); Sluice
+    /// also HTTPS with HTTP/3 on a port of its own.
     Base,
     /// `n` routes, route i for host `r{i}.bench.example`; unknown hosts get 404. HTTP only.
     Routes(usize),
@@ -78,6 +79,10 @@ pub struct Ports {
     pub h2c: u16,
     /// HTTPS (TLS 1.2/1.3, ALPN h2 and http/1.1).
     pub https: u16,
+    /// HTTPS with HTTP/3: QUIC on this UDP port, TLS over TCP (with `Alt-Svc`) on the same
+    /// number. Sluice only (the Debian peers have no HTTP/3), base layout only; a listener of
+    /// its own, so the `Alt-Svc` header stays out of the other TLS scenarios.
+    pub h3: Option<u16>,
 }
 
 /// Backend port (nginx answering a fixed 64-byte body on `/`, a 100 KiB file on `/100k`).
@@ -86,7 +91,8 @@ pub const BACKEND_PORT: u16 = 28080;
 pub const LARGE_BODY: usize = 100 * 1024;
 
 impl Ports {
-    fn of(peer: Peer, layout: Layout) -> Ports {
+    /// The ports of `peer` serving `layout`.
+    pub fn of(peer: Peer, layout: Layout) -> Ports {
         let base = match layout {
             Layout::Base => 28100,
             Layout::Routes(_) => 28200,
@@ -100,6 +106,7 @@ impl Ports {
             http: base,
             h2c,
             https,
+            h3: (peer == Peer::Sluice && layout == Layout::Base).then_some(base + 2),
         }
     }
 }
@@ -126,7 +133,7 @@ pub struct Env {
 }
 
 impl Env {
-    /// Creates the scratch layout and a self-signed P-256 certificate with openssl.
+    /// Creates the scratch layout and a self-signed P-256 end-entity certificate with openssl.
     pub fn new(tmp: PathBuf, pin: Pinning, sluice: PathBuf, fd_limit: u64) -> Result<Env> {
         std::fs::create_dir_all(&tmp)?;
         let cert = tmp.join("cert.pem");
@@ -136,6 +143,9 @@ impl Env {
             .arg("ec_paramgen_curve:prime256v1")
             .args(["-nodes", "-days", "30", "-subj", "/CN=bench.example"])
             .args(["-addext", "subjectAltName=DNS:bench.example,IP:127.0.0.1"])
+            // An end-entity certificate (not `openssl req`'s default CA), so that a verifying
+            // client (the HTTP/3 load generator, rustls) can trust it as its own root.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -488,7 +498,31 @@ spec:
     allowedRoutes:
       namespaces:
         from: Same
----
+",
+            ports.https,
+        );
+        if let Some(h3) = ports.h3 {
+            let _ = write!(
+                g,
+                "  - name: https-h3
+    protocol: HTTPS
+    port: {h3}
+    tls:
+      mode: Terminate
+      certificateRefs:
+      - kind: Secret
+        name: bench-tls
+      options:
+        sluice.dev/http3: \"true\"
+    allowedRoutes:
+      namespaces:
+        from: Same
+"
+            );
+        }
+        let _ = write!(
+            g,
+            "---
 apiVersion: v1
 kind: Secret
 metadata:
@@ -501,7 +535,6 @@ stringData:
   tls.key: |
 {}
 ",
-            ports.https,
             indent(&std::fs::read_to_string(&env.cert)?, 4),
             indent(&std::fs::read_to_string(&env.key)?, 4),
         );
@@ -763,6 +796,10 @@ mod tests {
                 if layout == Layout::Base {
                     assert!(seen.insert(ports.https));
                 }
+                if let Some(h3) = ports.h3 {
+                    assert_eq!((p, layout), (Peer::Sluice, Layout::Base));
+                    assert!(seen.insert(h3));
+                }
             }
         }
         assert!(!seen.contains(&BACKEND_PORT));
@@ -775,6 +812,49 @@ mod tests {
         assert!(y.contains("hostnames: [\"r7.bench.example\"]"));
         assert!(y.contains("- name: backend\n      port: 80"));
         assert!(!sluice_route("app", None).contains("hostnames"));
+    }
+
+    #[test]
+    fn sluice_serves_http3_on_a_listener_of_its_own_in_the_base_layout() {
+        let tmp = std::env::temp_dir().join(format!("sluice-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let env = Env {
+            cert: tmp.join("cert.pem"),
+            key: tmp.join("key.pem"),
+            tmp: tmp.clone(),
+            pin: Pinning::for_cpus(1),
+            sluice: PathBuf::from("sluice"),
+            fd_limit: 1024,
+            backend_pid: 0,
+            quiet_budget: std::cell::Cell::new(Duration::ZERO),
+        };
+        std::fs::write(&env.cert, "CERT\n").unwrap();
+        std::fs::write(&env.key, "KEY\n").unwrap();
+        let base = Ports::of(Peer::Sluice, Layout::Base);
+        sluice_config(&env, &tmp.join("base"), Layout::Base, base).unwrap();
+        let g = std::fs::read_to_string(tmp.join("base/config/gateway.yaml")).unwrap();
+        let h3 = g
+            .split("- name: https-h3\n")
+            .nth(1)
+            .expect("an HTTP/3 listener");
+        let h3 = h3.split("---").next().unwrap();
+        assert!(
+            h3.contains(&format!("port: {}\n", base.h3.unwrap())),
+            "{h3}"
+        );
+        assert!(h3.contains("sluice.dev/http3: \"true\""), "{h3}");
+        let https = g.split("- name: https\n").nth(1).unwrap();
+        let https = https.split("- name: https-h3").next().unwrap();
+        assert!(
+            !https.contains("http3"),
+            "the other TLS scenarios get no Alt-Svc: {https}"
+        );
+        let routes = Ports::of(Peer::Sluice, Layout::Routes(10));
+        assert_eq!(routes.h3, None);
+        sluice_config(&env, &tmp.join("routes"), Layout::Routes(10), routes).unwrap();
+        let g = std::fs::read_to_string(tmp.join("routes/config/gateway.yaml")).unwrap();
+        assert!(!g.contains("https"));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

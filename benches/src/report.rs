@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::peers::Peer;
-use crate::scenarios::{MemorySummary, Outcome, ReloadSummary, ScenarioResult, Settings, Summary};
+use crate::scenarios::{
+    MemorySummary, Outcome, ReloadSummary, ScenarioResult, Settings, Summary, Unsupported,
+};
 use crate::svg::{Bar, Group, bar_chart};
 
 /// The machine the run was on.
@@ -98,6 +100,8 @@ pub enum Verdict {
     Missed,
     /// Not measured in this run.
     NotMeasured,
+    /// Measured, but no peer can be compared (none supports it).
+    NoPeer,
 }
 
 impl Verdict {
@@ -106,6 +110,7 @@ impl Verdict {
             Verdict::Met => "met",
             Verdict::Missed => "**missed**",
             Verdict::NotMeasured => "not measured",
+            Verdict::NoPeer => "measured, no peer supports it",
         }
     }
     fn of(ok: bool) -> Verdict {
@@ -131,6 +136,37 @@ fn reloads<'a>(r: &'a Report, name: &str) -> Option<&'a [ReloadSummary]> {
             Outcome::Reload { peers, .. } => Some(peers.as_slice()),
             _ => None,
         })
+}
+
+/// The HTTP/3 scenario's figures: over QUIC, over HTTP/2 + TLS, and the peers left out.
+fn http3(r: &Report) -> Option<(&Summary, &Summary, &[Unsupported])> {
+    r.scenarios.iter().find_map(|s| match &s.outcome {
+        Outcome::Http3 {
+            h3,
+            h2,
+            unsupported,
+            ..
+        } => Some((&**h3, &**h2, unsupported.as_slice())),
+        _ => None,
+    })
+}
+
+/// What QUIC costs against TCP + TLS, one sentence.
+fn http3_sentence(r: &Report) -> Option<String> {
+    let (h3, h2, _) = http3(r)?;
+    Some(format!(
+        "Sluice over HTTP/3 served {:.0} req/s ({} its HTTP/2 + TLS rate on the same listener, \
+         {:.0} req/s) with p99 {:.2} ms (against {:.2} ms), at {:.1} µs of proxy CPU per request \
+         ({} the {:.1} µs over HTTP/2 + TLS).",
+        h3.rps,
+        ratio(h3.rps, h2.rps),
+        h2.rps,
+        h3.p99_ms,
+        h2.p99_ms,
+        h3.cpu_us(),
+        ratio(h3.cpu_us(), h2.cpu_us()),
+        h2.cpu_us()
+    ))
 }
 
 fn memory(r: &Report) -> Option<&[MemorySummary]> {
@@ -247,6 +283,26 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 verdict: Verdict::of(s.rps >= 0.99 * b.rps),
             }),
             _ => out.push(not_measured(target)),
+        }
+    }
+    // HTTP/3: only Sluice serves it, so there is nothing to beat; the figures are reported.
+    {
+        let target = "HTTP/3 (QUIC), 16 connections x 16 streams".to_string();
+        match http3(r) {
+            Some((h3, h2, _)) => out.push(Target {
+                target,
+                measured: format!(
+                    "Sluice {:.0} req/s, p99 {:.2} ms, {:.1} µs/req; HTTP/2 + TLS on the same listener {:.0} req/s, p99 {:.2} ms, {:.1} µs/req",
+                    h3.rps,
+                    h3.p99_ms,
+                    h3.cpu_us(),
+                    h2.rps,
+                    h2.p99_ms,
+                    h2.cpu_us()
+                ),
+                verdict: Verdict::NoPeer,
+            }),
+            None => out.push(not_measured(target)),
         }
     }
     // 10,000 routes: per-request cost within 10% of 10 routes.
@@ -385,29 +441,52 @@ fn throughput_table(r: &Report, s: &mut String) {
     );
     let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for sc in &r.scenarios {
-        if let Outcome::Throughput { peers, .. } = &sc.outcome {
-            for p in peers {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} ({:.2} + {:.2}) | {:.0} | {:.2} | {} | {:.2} | {} |",
-                    sc.name,
-                    p.peer.name(),
-                    p.rps,
-                    p.p50_ms,
-                    p.p99_ms,
-                    p.cpu_us(),
-                    p.user_us,
-                    p.sys_us,
-                    p.capacity(),
-                    p.proxy_cores,
-                    pct(p.load_core_busy),
-                    p.other_cores,
-                    p.errors
-                );
+        match &sc.outcome {
+            Outcome::Throughput { peers, .. } => {
+                for p in peers {
+                    throughput_row(s, &sc.name, p.peer.name(), p);
+                }
             }
+            Outcome::Http3 {
+                h3,
+                h2,
+                unsupported,
+                ..
+            } => {
+                throughput_row(s, &sc.name, "sluice (HTTP/3)", h3);
+                throughput_row(s, &sc.name, "sluice (HTTP/2 + TLS, same listener)", h2);
+                for u in unsupported {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | - | - | - | - | - | - | - | - |",
+                        sc.name,
+                        u.peer.name(),
+                        u.reason
+                    );
+                }
+            }
+            _ => {}
         }
     }
     s.push('\n');
+}
+
+fn throughput_row(s: &mut String, scenario: &str, proxy: &str, p: &Summary) {
+    let _ = writeln!(
+        s,
+        "| {scenario} | {proxy} | {:.0} | {:.2} | {:.2} | {:.2} ({:.2} + {:.2}) | {:.0} | {:.2} | {} | {:.2} | {} |",
+        p.rps,
+        p.p50_ms,
+        p.p99_ms,
+        p.cpu_us(),
+        p.user_us,
+        p.sys_us,
+        p.capacity(),
+        p.proxy_cores,
+        pct(p.load_core_busy),
+        p.other_cores,
+        p.errors
+    );
 }
 
 fn ratio_table(r: &Report, s: &mut String) {
@@ -417,7 +496,11 @@ fn ratio_table(r: &Report, s: &mut String) {
         .copied()
         .filter(|p| *p != Peer::Sluice)
         .collect();
-    if others.is_empty() || !r.peers.contains(&Peer::Sluice) {
+    let any = r
+        .scenarios
+        .iter()
+        .any(|sc| matches!(sc.outcome, Outcome::Throughput { .. }));
+    if others.is_empty() || !r.peers.contains(&Peer::Sluice) || !any {
         return;
     }
     let mut head = "| scenario |".to_string();
@@ -530,6 +613,11 @@ fn other_outcomes(r: &Report, s: &mut String) {
             Outcome::Failed { error } => {
                 let _ = writeln!(s, "- `{}` ({}) FAILED: {error}", sc.name, sc.title);
             }
+            Outcome::Http3 { unsupported, .. } => {
+                for u in unsupported {
+                    let _ = writeln!(s, "- `{}`, {}: {}.", sc.name, u.peer.name(), u.reason);
+                }
+            }
             _ => {}
         }
     }
@@ -550,6 +638,12 @@ pub fn markdown(r: &Report, plot_prefix: &str) -> String {
     throughput_table(r, &mut s);
     s.push_str("### Sluice relative to each peer\n\nAbove 1.00x is better for req/s, below 1.00x is better for p99 and CPU/req.\n\n");
     ratio_table(r, &mut s);
+    if let Some(h3) = http3_sentence(r) {
+        let _ = writeln!(
+            s,
+            "### HTTP/3\n\nOnly Sluice serves HTTP/3 here, so `h3` compares it with itself over HTTP/2 + TLS (h2load, the same connections and streams, the same listener over TCP), alternated round by round; the HTTP/3 load generator is `peer-bench h3-load` (quinn + h3, one thread on the load CPU). {h3}\n"
+        );
+    }
     s.push_str("## Route change to serving\n\nFrom the change (Sluice: a new HTTPRoute file in the watched directory; nginx: a server block and `nginx -s reload`; HAProxy: a line in the host map, `haproxy -c` and SIGUSR2 to the master, as `systemctl reload haproxy` does) to the first 200 for the new host on a new connection, polled every millisecond. Every change starts from a settled proxy; \"busy after the change\" is when the proxy's processes last used CPU for it (work after serving delays the next change).\n\n");
     reload_table(r, &mut s);
     s.push_str("## Memory per idle connection\n\nResident memory of the proxy's processes before and after opening idle HTTP/1.1 keep-alive connections (each served one request first), divided by the connections.\n\n");
@@ -577,21 +671,49 @@ pub fn readme_section(r: &Report) -> String {
         line.push_str("--:|");
     }
     let _ = writeln!(s, "{head}\n{line}");
+    let cell = |x: &Summary| format!(" {:.0} ({:.2}, {:.1}) |", x.rps, x.p99_ms, x.cpu_us());
     for sc in &r.scenarios {
-        if let Outcome::Throughput { peers: ps, .. } = &sc.outcome {
-            let mut row = format!("| {} |", sc.title);
-            for p in &peers {
-                match get(ps, *p, |x| x.peer) {
-                    Some(x) => {
-                        let _ = write!(row, " {:.0} ({:.2}, {:.1}) |", x.rps, x.p99_ms, x.cpu_us());
+        match &sc.outcome {
+            Outcome::Throughput { peers: ps, .. } => {
+                let mut row = format!("| {} |", sc.title);
+                for p in &peers {
+                    match get(ps, *p, |x| x.peer) {
+                        Some(x) => row.push_str(&cell(x)),
+                        None => row.push_str(" - |"),
                     }
-                    None => row.push_str(" - |"),
+                }
+                let _ = writeln!(s, "{row}");
+            }
+            Outcome::Http3 {
+                h3,
+                h2,
+                unsupported,
+                ..
+            } => {
+                for (what, x) in [
+                    ("HTTP/3 (QUIC)", h3),
+                    ("HTTP/2 + TLS on the HTTP/3 listener", h2),
+                ] {
+                    let mut row = format!("| {what}, 16 connections x 16 streams |");
+                    for p in &peers {
+                        if *p == Peer::Sluice {
+                            row.push_str(&cell(x));
+                        } else if let Some(u) = get(unsupported, *p, |u| u.peer) {
+                            let _ = write!(row, " {} |", u.reason);
+                        } else {
+                            row.push_str(" - |");
+                        }
+                    }
+                    let _ = writeln!(s, "{row}");
                 }
             }
-            let _ = writeln!(s, "{row}");
+            _ => {}
         }
     }
     s.push('\n');
+    if let Some(h3) = http3_sentence(r) {
+        let _ = writeln!(s, "{h3}\n");
+    }
     reload_table(r, &mut s);
     memory_table(r, &mut s);
     s.push_str("Targets:\n\n");
@@ -655,6 +777,24 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<()> {
                 )
             }));
             lat.push(bars(&|p| (vec![p.p99_ms], format!("{:.2} ms", p.p99_ms))));
+        }
+        if let Outcome::Http3 { h3, h2, .. } = &sc.outcome {
+            for (label, p) in [("h3 (QUIC)", h3), ("h3: HTTP/2 + TLS", h2)] {
+                let one = |segments: Vec<f64>, text: String| Group {
+                    label: label.into(),
+                    bars: vec![Bar {
+                        series: p.peer.name().into(),
+                        segments,
+                        label: text,
+                    }],
+                };
+                rps.push(one(vec![p.rps], format!("{} req/s", si(p.rps))));
+                cpu.push(one(
+                    vec![p.user_us, p.sys_us],
+                    format!("{:.2} + {:.2} µs", p.user_us, p.sys_us),
+                ));
+                lat.push(one(vec![p.p99_ms], format!("{:.2} ms", p.p99_ms)));
+            }
         }
     }
     std::fs::write(
@@ -862,6 +1002,66 @@ mod tests {
             .unwrap();
         assert_eq!(t.verdict, Verdict::Met, "{}", t.measured);
         assert!(t.measured.contains("+9.0%"), "{}", t.measured);
+    }
+
+    #[test]
+    fn http3_rows_target_and_reasons_for_the_peers() {
+        let r = report(vec![ScenarioResult {
+            name: "h3".into(),
+            title: "HTTP/3".into(),
+            outcome: Outcome::Http3 {
+                tool: "peer-bench h3-load".into(),
+                h2_tool: "h2load".into(),
+                h3: Box::new(summary(Peer::Sluice, 8000.0, 4.0, 60.0, 40.0)),
+                h2: Box::new(summary(Peer::Sluice, 16000.0, 2.0, 20.0, 30.0)),
+                unsupported: vec![
+                    Unsupported {
+                        peer: Peer::Nginx,
+                        reason: "no HTTP/3 in Debian's nginx 1.22.1 (built without it)".into(),
+                    },
+                    Unsupported {
+                        peer: Peer::Haproxy,
+                        reason: "no HTTP/3 in Debian's HAProxy 2.6.12 (built without it)".into(),
+                    },
+                ],
+            },
+        }]);
+        let t = targets(&r);
+        let t = t.iter().find(|t| t.target.starts_with("HTTP/3")).unwrap();
+        assert_eq!(t.verdict, Verdict::NoPeer);
+        assert!(t.measured.contains("Sluice 8000 req/s"), "{}", t.measured);
+        let md = markdown(&r, "");
+        assert!(
+            md.contains("| h3 | sluice (HTTP/3) | 8000 | 2.00 | 4.00 | 100.00 (60.00 + 40.00) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| h3 | sluice (HTTP/2 + TLS, same listener) | 16000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| h3 | nginx | no HTTP/3 in Debian's nginx 1.22.1 (built without it) | - |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| measured, no peer supports it |"), "{md}");
+        assert!(md.contains("(0.50x its HTTP/2 + TLS rate"), "{md}");
+        assert!(md.contains("(2.00x the 50.0 µs over HTTP/2 + TLS)"), "{md}");
+        assert!(
+            md.contains("- `h3`, haproxy: no HTTP/3 in Debian's HAProxy 2.6.12"),
+            "{md}"
+        );
+        let sec = readme_section(&r);
+        assert!(
+            sec.contains("| HTTP/3 (QUIC), 16 connections x 16 streams | 8000 (4.00, 100.0) | no HTTP/3 in Debian's nginx"),
+            "{sec}"
+        );
+        // No ratio table: nothing of the peers' was measured.
+        assert!(!md.contains("req/s vs nginx"), "{md}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["scenarios"][0]["outcome"]["type"], "http3");
+        assert_eq!(json["scenarios"][0]["outcome"]["h3"]["rps"], 8000.0);
     }
 
     #[test]

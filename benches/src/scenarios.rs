@@ -70,10 +70,13 @@ pub enum Kind {
         /// Connections held open.
         conns: usize,
     },
-    /// Not measurable yet; the reason is reported.
-    Slot {
-        /// Why.
-        reason: &'static str,
+    /// Sluice over HTTP/3 (QUIC) against Sluice over HTTP/2 + TLS on the same listener; the
+    /// peers have no HTTP/3 and get the reason instead of a number.
+    Http3 {
+        /// QUIC (and, for the comparison, TCP) connections.
+        conns: usize,
+        /// Concurrent streams per connection.
+        streams: usize,
     },
 }
 
@@ -229,9 +232,10 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "h3",
-        title: "HTTP/3 (QUIC)",
-        kind: Kind::Slot {
-            reason: "not measured: Sluice has no HTTP/3 listener yet (slot kept for h2load --h3 / quiche clients)",
+        title: "HTTP/3 (QUIC), 16 connections x 16 streams, against HTTP/2 + TLS on the same listener",
+        kind: Kind::Http3 {
+            conns: 16,
+            streams: 16,
         },
     },
 ];
@@ -397,6 +401,19 @@ pub enum Outcome {
         /// Per peer.
         peers: Vec<MemorySummary>,
     },
+    /// HTTP/3: Sluice only, with HTTP/2 + TLS for comparison.
+    Http3 {
+        /// HTTP/3 load generator command line.
+        tool: String,
+        /// HTTP/2 load generator command line (same listener over TCP).
+        h2_tool: String,
+        /// Sluice over HTTP/3.
+        h3: Box<Summary>,
+        /// Sluice over HTTP/2 + TLS, the same listener, the same connections and streams.
+        h2: Box<Summary>,
+        /// Peers that were run but cannot serve HTTP/3, with the reason.
+        unsupported: Vec<Unsupported>,
+    },
     /// Not measured.
     Slot {
         /// Why.
@@ -407,6 +424,15 @@ pub enum Outcome {
         /// The error.
         error: String,
     },
+}
+
+/// A peer left out of a scenario it cannot serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unsupported {
+    /// Peer.
+    pub peer: Peer,
+    /// Why, for the report.
+    pub reason: String,
 }
 
 /// A scenario's result.
@@ -460,9 +486,7 @@ pub fn run(
             let conns = conns.min(env.max_conns().saturating_sub(100) as usize);
             memory(settings, instances, conns)
         }
-        Kind::Slot { reason } => Ok(Outcome::Slot {
-            reason: reason.into(),
-        }),
+        Kind::Http3 { conns, streams } => http3(env, settings, instances, conns, streams),
     }
 }
 
@@ -538,7 +562,6 @@ fn throughput(
             }
         }
     }
-    let tck = procs::clock_ticks() as f64;
     for inst in &mut instances.list {
         inst.server.check_alive()?;
         tool.run(
@@ -556,49 +579,9 @@ fn throughput(
         for k in 0..n {
             let i = (round + k) % n;
             let inst = &mut instances.list[i];
-            inst.server.check_alive()?;
-            std::thread::sleep(Duration::from_millis(200));
-            let mut budget = env.quiet_budget.get();
-            procs::wait_quiet(&mut budget);
-            env.quiet_budget.set(budget);
-            let meter = procs::Meter::start(inst.pids(), procs::tree(env.backend_pid));
-            let r = tool
-                .run(
-                    &env.pin,
-                    &url(inst, proto, path),
-                    settings.seconds,
-                    &env.tmp,
-                )
-                .with_context(|| format!("{} round {round}", inst.peer.name()))?;
-            let m = meter.finish(&env.pin);
-            let reqs = r.requests.max(1) as f64;
-            let s = Sample {
-                round,
-                user_us: m.proxy.user as f64 / tck * 1e6 / reqs,
-                sys_us: m.proxy.system as f64 / tck * 1e6 / reqs,
-                proxy_cores: m.proxy_cores,
-                proxy_core_busy: m.proxy_core_busy,
-                load_core_busy: m.load_core_busy,
-                other_cores: m.other_cores,
-                load: r,
-            };
-            eprintln!(
-                "    round {round} {:8} {:>9.0} req/s  p99 {:>7.2} ms  cpu {:>5.2}+{:<5.2} us/req  proxy {:>4.2} cores  load core {:>3.0}%  others {:.2} cores{}",
-                inst.peer.name(),
-                s.load.rps,
-                s.load.p99_ms,
-                s.user_us,
-                s.sys_us,
-                s.proxy_cores,
-                s.load_core_busy.unwrap_or(f64::NAN) * 100.0,
-                s.other_cores,
-                if s.load.errors > 0 {
-                    format!("  ERRORS {}", s.load.errors)
-                } else {
-                    String::new()
-                }
-            );
-            samples[i].push(s);
+            let u = url(inst, proto, path);
+            let label = inst.peer.name();
+            samples[i].push(measure(env, settings, inst, &tool, &u, round, label)?);
         }
     }
     let peers = instances
@@ -610,6 +593,158 @@ fn throughput(
     Ok(Outcome::Throughput {
         tool: tool.describe(),
         peers,
+    })
+}
+
+/// One measured run of `tool` against `url` served by `inst`: waits for a quiet machine, then
+/// meters the proxy's CPU and the cores while the load runs.
+fn measure(
+    env: &Env,
+    settings: &Settings,
+    inst: &mut Instance,
+    tool: &Tool,
+    url: &str,
+    round: usize,
+    label: &str,
+) -> Result<Sample> {
+    let tck = procs::clock_ticks() as f64;
+    inst.server.check_alive()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut budget = env.quiet_budget.get();
+    procs::wait_quiet(&mut budget);
+    env.quiet_budget.set(budget);
+    let meter = procs::Meter::start(inst.pids(), procs::tree(env.backend_pid));
+    let r = tool
+        .run(&env.pin, url, settings.seconds, &env.tmp)
+        .with_context(|| format!("{label} round {round}"))?;
+    let m = meter.finish(&env.pin);
+    let reqs = r.requests.max(1) as f64;
+    let s = Sample {
+        round,
+        user_us: m.proxy.user as f64 / tck * 1e6 / reqs,
+        sys_us: m.proxy.system as f64 / tck * 1e6 / reqs,
+        proxy_cores: m.proxy_cores,
+        proxy_core_busy: m.proxy_core_busy,
+        load_core_busy: m.load_core_busy,
+        other_cores: m.other_cores,
+        load: r,
+    };
+    eprintln!(
+        "    round {round} {label:8} {:>9.0} req/s  p99 {:>7.2} ms  cpu {:>5.2}+{:<5.2} us/req  proxy {:>4.2} cores  load core {:>3.0}%  others {:.2} cores{}",
+        s.load.rps,
+        s.load.p99_ms,
+        s.user_us,
+        s.sys_us,
+        s.proxy_cores,
+        s.load_core_busy.unwrap_or(f64::NAN) * 100.0,
+        s.other_cores,
+        if s.load.errors > 0 {
+            format!("  ERRORS {}", s.load.errors)
+        } else {
+            String::new()
+        }
+    );
+    Ok(s)
+}
+
+/// Why `peer` (as installed) cannot be measured over HTTP/3: its build has no HTTP/3 (nginx
+/// without `http_v3_module`, HAProxy without QUIC), or this runner does not configure it.
+fn no_http3(peer: Peer) -> String {
+    let (version, built) = match peer {
+        Peer::Sluice => return "serves HTTP/3".into(),
+        Peer::Nginx => (
+            procs::command_text("nginx", &["-v"]).replace("nginx version: nginx/", "nginx "),
+            procs::command_text("nginx", &["-V"]).contains("http_v3_module"),
+        ),
+        Peer::Haproxy => (
+            procs::command_text("haproxy", &["-v"])
+                .split_whitespace()
+                .nth(2)
+                .map_or("HAProxy".into(), |v| format!("HAProxy {v}")),
+            procs::command_text("haproxy", &["-vv"]).contains("+QUIC"),
+        ),
+    };
+    if built {
+        format!("{version} is built with HTTP/3, but this runner does not configure it")
+    } else {
+        format!("no HTTP/3 in Debian's {version} (built without it)")
+    }
+}
+
+/// Sluice over HTTP/3 and, alternated with it round by round, over HTTP/2 + TLS on the same
+/// listener's TCP port with the same connections and streams (h2load).
+fn http3(
+    env: &Env,
+    settings: &Settings,
+    instances: &mut Instances,
+    conns: usize,
+    streams: usize,
+) -> Result<Outcome> {
+    let unsupported: Vec<Unsupported> = instances
+        .list
+        .iter()
+        .filter(|i| i.peer != Peer::Sluice)
+        .map(|i| Unsupported {
+            peer: i.peer,
+            reason: no_http3(i.peer),
+        })
+        .collect();
+    let Some(inst) = instances.list.iter_mut().find(|i| i.peer == Peer::Sluice) else {
+        return Ok(Outcome::Slot {
+            reason: "only Sluice serves HTTP/3 here, and it was not among the peers run".into(),
+        });
+    };
+    let port = inst
+        .ports
+        .h3
+        .context("Sluice's base layout has no HTTP/3 listener")?;
+    let url = format!("https://127.0.0.1:{port}/");
+    // What the client sees must be the backend's response; the QUIC side of the listener may
+    // come up a little after the HTTP port Sluice's readiness was probed on.
+    let t0 = Instant::now();
+    loop {
+        inst.server.check_alive()?;
+        match crate::h3load::fetch(&url, &env.cert) {
+            Ok((200, 64)) => break,
+            Ok((code, len)) => {
+                bail!("sluice answered {code} with {len} bytes over HTTP/3, expected 200 with 64")
+            }
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => {
+                return Err(e.context(format!("no HTTP/3 answer on {url}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let runs = [
+        (
+            "sluice-h3",
+            Tool::H3 {
+                conns,
+                streams,
+                cert: env.cert.clone(),
+            },
+        ),
+        ("sluice-h2", Tool::H2load { conns, streams }),
+    ];
+    for (label, tool) in &runs {
+        tool.run(&env.pin, &url, settings.warmup_seconds, &env.tmp)
+            .with_context(|| format!("warm-up of {label}"))?;
+    }
+    let mut samples: [Vec<Sample>; 2] = [vec![], vec![]];
+    for round in 0..settings.rounds {
+        for k in 0..runs.len() {
+            let i = (round + k) % runs.len();
+            let (label, tool) = &runs[i];
+            samples[i].push(measure(env, settings, inst, tool, &url, round, label)?);
+        }
+    }
+    let [h3, h2] = samples;
+    Ok(Outcome::Http3 {
+        tool: runs[0].1.describe(),
+        h2_tool: runs[1].1.describe(),
+        h3: Box::new(Summary::of(Peer::Sluice, h3)),
+        h2: Box::new(Summary::of(Peer::Sluice, h2)),
+        unsupported,
     })
 }
 
