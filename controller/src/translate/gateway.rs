@@ -194,9 +194,9 @@ pub struct ListenerState {
     pub certificates: Vec<ServerCertificate>,
     /// Client certificate validation (HTTPS).
     pub client_validation: Option<ClientValidation>,
-    /// HTTP/3 on the same port (HTTPS): `tls.options["sluice.dev/http3"]`, else the class's
-    /// `http3` parameter.
-    pub http3: bool,
+    /// HTTP/3 on the same port (HTTPS) as `tls.options["sluice.dev/http3"]` says; `None`: as
+    /// the class's `http3` parameter says ([`GatewayState::class_http3`]).
+    pub http3: Option<bool>,
     /// Where routes may come from.
     pub allowed_namespaces: AllowedNamespaces,
     /// Supported route kinds (`status.supportedKinds`).
@@ -232,6 +232,8 @@ pub struct GatewayState {
     pub generation: i64,
     /// Its GatewayClass is accepted.
     pub class_accepted: bool,
+    /// The class's `http3` parameter: the default of its HTTPS listeners.
+    pub class_http3: bool,
     /// Why the Gateway is not accepted (class, parameters, addresses).
     pub not_accepted: Option<Problem>,
     /// Why it cannot be programmed although accepted (addresses).
@@ -349,10 +351,10 @@ pub(crate) fn process(ctx: &Ctx<'_>, classes: &Classes, out: &mut Out) -> Gatewa
 
 fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> GatewayState {
     let generation = generation(&gw.metadata);
-    let class_accepted = classes
+    let class = classes
         .get(&gw.spec.gateway_class_name)
-        .copied()
-        .unwrap_or(false);
+        .and_then(Option::as_ref);
+    let class_accepted = class.is_some();
     let mut not_accepted = None;
     let mut not_programmed = None;
     if !class_accepted {
@@ -512,6 +514,7 @@ fn gateway_state(ctx: &Ctx<'_>, classes: &Classes, key: &Key, gw: &Gateway) -> G
         object: object_ref("Gateway", &gw.metadata),
         generation,
         class_accepted,
+        class_http3: class.is_some_and(|c| c.http3),
         not_accepted,
         not_programmed,
         addresses,
@@ -719,7 +722,7 @@ fn listener_state(
         tls_mode: TlsMode::Terminate,
         certificates: Vec::new(),
         client_validation: None,
-        http3: false,
+        http3: None,
         allowed_namespaces: AllowedNamespaces::Same,
         kinds: Vec::new(),
         not_accepted: None,
@@ -855,8 +858,7 @@ fn listener_state(
             }
             if protocol == Protocol::Https {
                 match http3_option(tls.options.as_ref()) {
-                    Ok(Some(on)) => st.http3 = on,
-                    Ok(None) => st.http3 = class_http3(ctx, gw),
+                    Ok(on) => st.http3 = on,
                     Err(p) => {
                         st.not_accepted.get_or_insert(p);
                     }
@@ -945,32 +947,6 @@ fn http3_option(options: Option<&BTreeMap<String, String>>) -> Result<Option<boo
             format!("tls.options[{HTTP3_OPTION:?}]: {v:?} is neither \"true\" nor \"false\""),
         )),
     }
-}
-
-/// The `http3` parameter of the Gateway's class (its parametersRef ConfigMap); false when
-/// absent or invalid (an invalid parameters ConfigMap is reported on the GatewayClass).
-fn class_http3(ctx: &Ctx<'_>, gw: &Gateway) -> bool {
-    let Some(gc) = ctx
-        .res
-        .gateway_classes
-        .get(&Key::new("", &gw.spec.gateway_class_name))
-    else {
-        return false;
-    };
-    let Some(p) = gc.spec.parameters_ref.as_ref() else {
-        return false;
-    };
-    let Some(cm) = p
-        .namespace
-        .as_deref()
-        .and_then(|ns| ctx.res.config_maps.get(&Key::new(ns, &p.name)))
-    else {
-        return false;
-    };
-    cm.data
-        .as_ref()
-        .and_then(|d| d.get("http3"))
-        .is_some_and(|v| v.trim() == "true")
 }
 
 /// Reads ListenerSets that reference our Gateways and checks `allowedListeners`.

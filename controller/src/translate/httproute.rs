@@ -182,7 +182,7 @@ pub(crate) fn register_listeners(gws: &Gateways, out: &mut Out) {
                     .listener(addr, ls.port, protocol, source, ls.hostname.as_deref())
             {
                 out.ir.certificates(&key, &ls.certificates);
-                if ls.http3 {
+                if ls.http3.unwrap_or(gws.list[ls.gateway].class_http3) {
                     out.ir.http3(&key);
                 }
                 if let Some(v) = &ls.client_validation {
