@@ -4,7 +4,7 @@
 //! its backend until that endpoint leaves the configuration.
 
 use crate::server::ListenerShared;
-use crate::upstream::{ClusterRt, EndpointRt, connect_tcp, rand_u64};
+use crate::upstream::{ClusterRt, EndpointRt, Weighted, connect_tcp};
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -27,45 +27,18 @@ pub(crate) struct L4Backend {
 }
 
 /// The weighted backends of a TCP, UDP or TLS route, chosen once per connection or flow.
-#[derive(Debug, Default)]
-pub(crate) struct L4Backends {
-    list: Box<[L4Backend]>,
-    cumulative: Box<[u64]>,
-    total: u64,
-}
+pub(crate) type L4Backends = Weighted<L4Backend>;
 
-impl L4Backends {
-    pub(crate) fn new(entries: Vec<(u32, L4Backend)>) -> Self {
-        let mut total = 0u64;
-        let mut cumulative = Vec::with_capacity(entries.len());
-        let mut list = Vec::with_capacity(entries.len());
-        for (w, b) in entries {
-            total += u64::from(w);
-            cumulative.push(total);
-            list.push(b);
-        }
-        L4Backends {
-            list: list.into(),
-            cumulative: cumulative.into(),
-            total,
-        }
-    }
-
+impl Weighted<L4Backend> {
     /// A cluster chosen by weight; `None` when there is no backend with weight > 0 or the
     /// chosen one is invalid.
-    pub(crate) fn choose(&self) -> Option<&Arc<ClusterRt>> {
-        if self.total == 0 {
-            return None;
-        }
-        let r = rand_u64() % self.total;
-        let i = self.cumulative.partition_point(|&c| c <= r);
-        self.list.get(i)?.cluster.as_ref()
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterRt>> {
+        self.choose()?.cluster.as_ref()
     }
 
     /// Every endpoint address of every backend (UDP flows check theirs after a reload).
     pub(crate) fn endpoint_addrs(&self) -> HashSet<SocketAddr> {
-        self.list
-            .iter()
+        self.iter()
             .filter_map(|b| b.cluster.as_ref())
             .flat_map(|c| c.endpoint_addrs())
             .collect()
@@ -114,7 +87,7 @@ pub(crate) async fn forward<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(cluster) = backends.choose() else {
+    let Some(cluster) = backends.cluster() else {
         tracing::debug!(listener = %listener.name, route, client = %peer, "no valid backend; connection closed");
         return;
     };
@@ -317,7 +290,7 @@ fn new_flow(
     checked: usize,
     clock: Instant,
 ) -> Option<Flow> {
-    let Some(cluster) = route.backends.choose() else {
+    let Some(cluster) = route.backends.cluster() else {
         tracing::debug!(listener = %shared.name, route = %route.name, %client, "no valid backend; datagram dropped");
         return None;
     };

@@ -197,16 +197,29 @@ pub(crate) struct BackendRt {
 }
 
 /// A route's weighted backends.
-#[derive(Debug, Default)]
-pub(crate) struct Backends {
-    list: Box<[BackendRt]>,
+pub(crate) type Backends = Weighted<BackendRt>;
+
+/// Entries chosen by weight (HTTP backends, and TCP/UDP/TLS route backends in `l4`).
+#[derive(Debug)]
+pub(crate) struct Weighted<T> {
+    list: Box<[T]>,
     /// Running sum of weights, one per entry.
     cumulative: Box<[u64]>,
     total: u64,
 }
 
-impl Backends {
-    pub(crate) fn new(entries: Vec<(u32, BackendRt)>) -> Self {
+impl<T> Default for Weighted<T> {
+    fn default() -> Self {
+        Weighted {
+            list: Box::default(),
+            cumulative: Box::default(),
+            total: 0,
+        }
+    }
+}
+
+impl<T> Weighted<T> {
+    pub(crate) fn new(entries: Vec<(u32, T)>) -> Self {
         let mut total = 0u64;
         let mut cumulative = Vec::with_capacity(entries.len());
         let mut list = Vec::with_capacity(entries.len());
@@ -215,15 +228,15 @@ impl Backends {
             cumulative.push(total);
             list.push(b);
         }
-        Backends {
+        Weighted {
             list: list.into(),
             cumulative: cumulative.into(),
             total,
         }
     }
 
-    /// A backend chosen by weight; `None` when there is none with weight > 0.
-    pub(crate) fn choose(&self) -> Option<&BackendRt> {
+    /// An entry chosen by weight; `None` when there is none with weight > 0.
+    pub(crate) fn choose(&self) -> Option<&T> {
         match self.total {
             0 => None,
             _ if self.list.len() == 1 => Some(&self.list[0]),
@@ -233,6 +246,11 @@ impl Backends {
                 self.list.get(i)
             }
         }
+    }
+
+    /// Every entry, whatever its weight.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.list.iter()
     }
 }
 
