@@ -71,40 +71,47 @@ impl ListenerShared {
 
 /// Binds `n` sockets to `addr` with `SO_REUSEPORT` (one per worker).
 pub(crate) fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        s.listen(4096)?;
-        out.push(s.into());
-    }
-    Ok(out)
+    bind_reuseport(addr, n, socket2::Type::STREAM, socket2::Protocol::TCP)?
+        .into_iter()
+        .map(|s| {
+            s.listen(4096)?;
+            Ok(s.into())
+        })
+        .collect()
 }
 
 /// Binds `n` UDP sockets to `addr` with `SO_REUSEPORT` (one per worker; the kernel keeps a
 /// client address on one socket).
 pub(crate) fn bind_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        out.push(s.into());
-    }
-    Ok(out)
+    Ok(
+        bind_reuseport(addr, n, socket2::Type::DGRAM, socket2::Protocol::UDP)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    )
+}
+
+/// `n` non-blocking sockets bound to `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (IPv6:
+/// v6 only).
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+    ty: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<Vec<socket2::Socket>> {
+    (0..n)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, Some(protocol))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// A message to a worker.
