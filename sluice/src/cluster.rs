@@ -67,19 +67,9 @@ pub struct AgentArgs {
     /// Node or pod name reported to the controller.
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node: String,
-    /// Load the eBPF datapath (Service load balancing in the kernel). It stays attached across
-    /// agent restarts.
-    #[arg(long)]
-    pub ebpf: bool,
-    /// cgroup v2 directory the socket-level load balancer attaches to (default: the node's).
-    #[arg(long, requires = "ebpf")]
-    pub cgroup: Option<PathBuf>,
-    /// Node interface for the tc load balancer (NodePort, external IPs).
-    #[arg(long, requires = "ebpf")]
-    pub iface: Option<String>,
-    /// bpffs directory where the datapath pins its maps and links.
-    #[arg(long, requires = "ebpf", default_value = "/sys/fs/bpf/sluice")]
-    pub pin_dir: PathBuf,
+    /// The eBPF datapath; the agent leaves it attached across its restarts.
+    #[command(flatten)]
+    pub datapath: crate::datapath::DatapathArgs,
 }
 
 /// `sluice install` arguments.
@@ -228,8 +218,8 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         tracing::info!(controller = %args.controller, admin = %args.admin, %node, workers, "sluice agent starting");
         let mut opts = AgentOptions::new(&args.controller, &ca_pem, identity, &node);
         opts.server_name = args.server_name.clone();
-        let datapath = if args.ebpf {
-            let dp = KernelDatapath::load(args.cgroup.clone(), args.iface.clone(), args.pin_dir.clone())?;
+        let datapath = if args.datapath.ebpf {
+            let dp = KernelDatapath::load(&args.datapath)?;
             admin_state.register_metrics(|registry| dp.metrics().register(registry));
             Some(Arc::new(std::sync::Mutex::new(dp)))
         } else {

@@ -8,6 +8,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The `--ebpf` options, shared by `sluice standalone` and `sluice agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatapathArgs {
+    /// Load the eBPF datapath: Service load balancing in the kernel, L7 steering to the proxy
+    /// (needs root and the kernel object from `cargo xtask ebpf`).
+    #[arg(long)]
+    pub ebpf: bool,
+    /// cgroup v2 directory the socket-level load balancer attaches to (default: the node's).
+    #[arg(long, requires = "ebpf")]
+    pub cgroup: Option<PathBuf>,
+    /// Node interface for the tc load balancer (NodePort, external IPs).
+    #[arg(long, requires = "ebpf")]
+    pub iface: Option<String>,
+    /// bpffs directory where the datapath pins its maps and links.
+    #[arg(long, requires = "ebpf", default_value = "/sys/fs/bpf/sluice")]
+    pub pin_dir: PathBuf,
+}
+
 /// The loaded datapath and its metrics reader.
 pub struct KernelDatapath {
     dp: Datapath,
@@ -18,14 +36,14 @@ pub struct KernelDatapath {
 
 impl KernelDatapath {
     /// Loads and attaches the programs (cgroup: `cgroup`, or the whole node; tc on `iface`).
-    pub fn load(cgroup: Option<PathBuf>, iface: Option<String>, pin_dir: PathBuf) -> Result<Self> {
+    pub fn load(args: &DatapathArgs) -> Result<Self> {
         let mut opts = DatapathOptions {
-            iface,
-            pin_dir,
+            iface: args.iface.clone(),
+            pin_dir: args.pin_dir.clone(),
             ..DatapathOptions::default()
         };
-        if let Some(c) = cgroup {
-            opts.cgroup = c;
+        if let Some(c) = &args.cgroup {
+            opts.cgroup = c.clone();
         }
         let (object, cgroup) = (opts.object.clone(), opts.cgroup.clone());
         let mut dp = Datapath::load(opts).context("--ebpf")?;

@@ -131,10 +131,12 @@ pub fn main(args: Args) -> Result<()> {
             admin: args.admin,
             address_pool: args.address_pool,
             workers: Some(1),
-            ebpf: false,
-            cgroup: None,
-            iface: None,
-            pin_dir: PathBuf::new(),
+            datapath: crate::datapath::DatapathArgs {
+                ebpf: false,
+                cgroup: None,
+                iface: None,
+                pin_dir: PathBuf::new(),
+            },
         };
         let admin = args.admin;
         let gateway = tokio::spawn(standalone::run(sargs, standalone::shutdown_signal()));

@@ -33,18 +33,9 @@ pub struct Args {
     /// Proxy worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Load the eBPF datapath (needs root and the kernel object from `cargo xtask ebpf`).
-    #[arg(long)]
-    pub ebpf: bool,
-    /// cgroup v2 directory the socket-level load balancer attaches to (with --ebpf).
-    #[arg(long, requires = "ebpf")]
-    pub cgroup: Option<PathBuf>,
-    /// Node interface for the tc load balancer (NodePort, external IPs) (with --ebpf).
-    #[arg(long, requires = "ebpf")]
-    pub iface: Option<String>,
-    /// bpffs directory where the datapath pins its maps and links (with --ebpf).
-    #[arg(long, requires = "ebpf", default_value = "/sys/fs/bpf/sluice")]
-    pub pin_dir: PathBuf,
+    /// The eBPF datapath; detached again on shutdown.
+    #[command(flatten)]
+    pub datapath: crate::datapath::DatapathArgs,
 }
 
 /// How long the directory must be quiet before a reload, and the longest a reload waits.
@@ -105,12 +96,8 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
     tokio::spawn(admin::serve_listener(admin_listener, admin_state.clone()));
     tracing::info!(dir = %dir.display(), admin = %args.admin, pool = %args.address_pool, workers, "sluice standalone starting");
     let mut pipeline = Pipeline::default();
-    if args.ebpf {
-        let dp = crate::datapath::KernelDatapath::load(
-            args.cgroup.clone(),
-            args.iface.clone(),
-            args.pin_dir.clone(),
-        )?;
+    if args.datapath.ebpf {
+        let dp = crate::datapath::KernelDatapath::load(&args.datapath)?;
         admin_state.register_metrics(|registry| dp.metrics().register(registry));
         pipeline.datapath = Some(dp);
     }
