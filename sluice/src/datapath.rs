@@ -50,7 +50,14 @@ impl KernelDatapath {
         let metrics = FlowMetrics::new();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = match dp.flow_events() {
-            Ok(events) => Some(events.spawn_metrics(metrics.clone(), stop.clone())),
+            Ok(events) => {
+                // The kernel counters are published as they change, not only at each sync.
+                let counters = dp
+                    .counter_reader()
+                    .inspect_err(|e| tracing::warn!(error = %e, "datapath counters will refresh only when the configuration changes"))
+                    .ok();
+                Some(events.spawn_metrics(metrics.clone(), counters, stop.clone()))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "flow events unavailable; datapath metrics will only show kernel counters");
                 None

@@ -162,6 +162,35 @@ spec:
             .join("\n")
     );
 
+    // The kernel counters are published while traffic flows, not only when the configuration
+    // changes (the last sync was before the requests above): the clients' sockets in the
+    // cgroup went through the sockmap program, redirected or passed on to TCP.
+    let sockmap_msgs = |m: &str| -> u64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("sluice_ebpf_datapath{counter=\"sockmap_redirected\"}")
+                    || l.starts_with("sluice_ebpf_datapath{counter=\"sockmap_passed\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    for _ in 0..50 {
+        metrics = gw.admin_get("/metrics").await.unwrap().1;
+        if sockmap_msgs(&metrics) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sockmap_msgs(&metrics) > 0,
+        "sockmap counters still 0:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("sluice_ebpf_datapath"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
     // SIGTERM: a clean shutdown detaches and unpins.
     Command::new("kill")
         .args(["-TERM", &gw.child.id().to_string()])

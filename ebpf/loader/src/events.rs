@@ -131,19 +131,30 @@ impl FlowEvents {
         n
     }
 
-    /// Feeds `metrics` from this reader on a background thread until `stop` is set.
+    /// Feeds `metrics` from this reader on a background thread until `stop` is set, and
+    /// with `counters`, refreshes the kernel counters at least every 200 ms.
     pub fn spawn_metrics(
         mut self,
         metrics: FlowMetrics,
+        counters: Option<crate::CounterReader>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name("sluice-flow-events".into())
             .spawn(move || {
+                let mut failed = false;
                 while !stop.load(Ordering::Relaxed) {
                     if let Err(e) = self.read(Duration::from_millis(200), |r| metrics.observe(&r)) {
                         tracing::warn!(error = %e, "reading flow events failed");
                         std::thread::sleep(Duration::from_secs(1));
+                    }
+                    match counters.as_ref().map(crate::CounterReader::read) {
+                        Some(Ok(c)) => metrics.set_counters(&c),
+                        Some(Err(e)) if !failed => {
+                            failed = true;
+                            tracing::warn!(error = %e, "reading the datapath counters failed");
+                        }
+                        _ => {}
                     }
                 }
             })

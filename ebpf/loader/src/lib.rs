@@ -1244,22 +1244,17 @@ impl Datapath {
         let a: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map(maps::STATS).ok_or(missing(maps::STATS))?)
                 .map_err(map_err(maps::STATS, "open"))?;
-        let sum = |c: Counter| -> Result<u64, LoaderError> {
-            let v = a
-                .get(&(c as u32), 0)
-                .map_err(map_err(maps::STATS, "read"))?;
-            Ok(v.iter().sum())
-        };
-        Ok(DatapathCounters {
-            events_lost: sum(Counter::EventsLost)?,
-            no_backend: sum(Counter::NoBackend)?,
-            frag_miss: sum(Counter::FragMiss)?,
-            snat_exhausted: sum(Counter::SnatExhausted)?,
-            ct_insert_failed: sum(Counter::CtInsertFailed)?,
-            tc_errors: sum(Counter::TcErrors)?,
-            sockmap_redirected: sum(Counter::SockmapRedirected)?,
-            sockmap_passed: sum(Counter::SockmapPassed)?,
-        })
+        read_counters(&a)
+    }
+
+    /// A handle on the kernel-side counters of its own (the pinned map), for a thread that
+    /// publishes them while the datapath runs.
+    pub fn counter_reader(&self) -> Result<CounterReader, LoaderError> {
+        let data = MapData::from_pin(self.maps_dir.join(maps::STATS))
+            .map_err(map_err(maps::STATS, "open pinned"))?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err(maps::STATS, "open"))?;
+        Ok(CounterReader(map))
     }
 
     /// Number of sockets currently in the sockmap.
@@ -1322,6 +1317,37 @@ impl Drop for Datapath {
             std::mem::forget(link);
         }
     }
+}
+
+/// Reads the kernel-side counters from a handle of its own: see [`Datapath::counter_reader`].
+pub struct CounterReader(PerCpuArray<MapData, u64>);
+
+impl CounterReader {
+    /// The counters now.
+    pub fn read(&self) -> Result<DatapathCounters, LoaderError> {
+        read_counters(&self.0)
+    }
+}
+
+fn read_counters<T: std::borrow::Borrow<MapData>>(
+    a: &PerCpuArray<T, u64>,
+) -> Result<DatapathCounters, LoaderError> {
+    let sum = |c: Counter| -> Result<u64, LoaderError> {
+        let v = a
+            .get(&(c as u32), 0)
+            .map_err(map_err(maps::STATS, "read"))?;
+        Ok(v.iter().sum())
+    };
+    Ok(DatapathCounters {
+        events_lost: sum(Counter::EventsLost)?,
+        no_backend: sum(Counter::NoBackend)?,
+        frag_miss: sum(Counter::FragMiss)?,
+        snat_exhausted: sum(Counter::SnatExhausted)?,
+        ct_insert_failed: sum(Counter::CtInsertFailed)?,
+        tc_errors: sum(Counter::TcErrors)?,
+        sockmap_redirected: sum(Counter::SockmapRedirected)?,
+        sockmap_passed: sum(Counter::SockmapPassed)?,
+    })
 }
 
 fn missing(name: &'static str) -> LoaderError {
