@@ -34,7 +34,8 @@ struct Cli {
     /// Scenarios to run (default: all; `--list` names them).
     #[arg(long = "scenario", num_args = 1..)]
     scenarios: Vec<String>,
-    /// Peers to run, comma-separated (default: sluice,nginx,haproxy).
+    /// Peers to run, comma-separated (default: sluice,sluice-ebpf,nginx,haproxy; sluice-ebpf
+    /// only as root with `--ebpf-object`).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Rounds per throughput scenario (default 3, quick 1).
@@ -46,6 +47,10 @@ struct Cli {
     /// The `sluice` binary to measure.
     #[arg(long)]
     sluice: PathBuf,
+    /// The eBPF object (`cargo xtask ebpf` builds it) for the `sluice-ebpf` peer: Sluice with
+    /// its kernel datapath. Without it, or without root, that peer is not measured.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
     /// Results directory (default: benches/results for a full default run, else
     /// benches/results/scratch, so partial runs never overwrite the committed results).
     #[arg(long)]
@@ -84,18 +89,25 @@ fn main() -> Result<()> {
             );
         }
     }
+    let ebpf = ebpf_unavailable(cli.ebpf_object.as_deref());
+    let defaults: Vec<Peer> = Peer::ALL
+        .into_iter()
+        .filter(|p| *p != Peer::SluiceEbpf || ebpf.is_none())
+        .collect();
     let peers: Vec<Peer> = if cli.peers.is_empty() {
-        Peer::ALL.to_vec()
+        defaults.clone()
     } else {
         let mut v = vec![];
         for p in &cli.peers {
-            v.push(
-                Peer::parse(p)
-                    .with_context(|| format!("unknown peer {p:?} (sluice, nginx, haproxy)"))?,
-            );
+            v.push(Peer::parse(p).with_context(|| {
+                format!("unknown peer {p:?} (sluice, sluice-ebpf, nginx, haproxy)")
+            })?);
         }
         v.sort();
         v.dedup();
+        if let (true, Some(why)) = (v.contains(&Peer::SluiceEbpf), &ebpf) {
+            bail!("sluice-ebpf cannot run: {why}");
+        }
         v
     };
     let selected: Vec<&scenarios::Scenario> = SCENARIOS
@@ -123,7 +135,7 @@ fn main() -> Result<()> {
     };
     let full = !cli.quick
         && cli.scenarios.is_empty()
-        && peers == Peer::ALL
+        && peers == defaults
         && cli.rounds.is_none()
         && cli.seconds.is_none();
     let results_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
@@ -148,6 +160,9 @@ fn main() -> Result<()> {
     let pin = procs::Pinning::for_cpus(ncpu);
     let tmp = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let mut env = Env::new(tmp.clone(), pin, cli.sluice.clone(), fd_limit)?;
+    if ebpf.is_none() {
+        env.ebpf_object = cli.ebpf_object.clone();
+    }
     env.quiet_budget
         .set(std::time::Duration::from_secs(settings.quiet_wait_seconds));
     eprintln!(
@@ -179,7 +194,10 @@ fn main() -> Result<()> {
         baseline: ran.baseline,
         tls: ran.tls,
         peers: peers.clone(),
-        not_measured: not_measured(),
+        not_measured: not_measured(
+            ebpf.as_deref()
+                .filter(|_| !peers.contains(&Peer::SluiceEbpf)),
+        ),
         scenarios: ran.results,
     };
     report::write_all(&report, &out)?;
@@ -242,14 +260,20 @@ fn run(
             let fresh = matches!(sc.kind, Kind::IdleMemory { .. });
             if fresh || current.as_ref().map(|c| c.layout) != Some(layout) {
                 current = None; // stops the previous instances first (same ports)
-                let started = Instances::start(env, peers, layout)?;
+                let mut started = Instances::start(env, peers, layout)?;
                 if layout == Layout::Base && tls.is_empty() {
-                    for inst in &started.list {
+                    for inst in &mut started.list {
+                        if inst.peer.on_demand() {
+                            inst.resume(env)?;
+                        }
                         tls.push(format!(
                             "{}: {}",
                             inst.peer.name(),
                             peers::tls_info(inst.ports.https)
                         ));
+                        if inst.peer.on_demand() {
+                            inst.suspend()?;
+                        }
                     }
                 }
                 current = Some(started);
@@ -324,9 +348,9 @@ fn raise_nofile(n: u64) -> u64 {
 }
 
 fn check_ports_free() -> Result<()> {
-    let mut ports = vec![peers::BACKEND_PORT, 28901, 28902];
+    let mut ports = vec![peers::BACKEND_PORT, 28901, 28902, 28903, 28904];
     for base in [28100u16, 28200] {
-        for p in 0..3 {
+        for p in 0..4 {
             for k in 0..3 {
                 ports.push(base + 10 * p + k);
             }
@@ -427,8 +451,32 @@ fn versions(sluice: Option<&str>) -> Versions {
 }
 
 /// Peers and protocols the issue asks for that this machine cannot run.
-fn not_measured() -> Vec<String> {
+/// Why the `sluice-ebpf` peer cannot run here, if it cannot.
+fn ebpf_unavailable(object: Option<&Path>) -> Option<String> {
+    let Some(object) = object else {
+        return Some(
+            "no eBPF object given (`cargo xtask bench` builds it with `cargo xtask ebpf`)".into(),
+        );
+    };
+    if !object.exists() {
+        return Some(format!(
+            "{} does not exist (`cargo xtask ebpf` builds it)",
+            object.display()
+        ));
+    }
+    if procs::command_text("id", &["-u"]).trim() != "0" {
+        return Some("the eBPF datapath needs root".into());
+    }
+    None
+}
+
+fn not_measured(ebpf: Option<&str>) -> Vec<String> {
     let mut v = vec![];
+    if let Some(why) = ebpf {
+        v.push(format!(
+            "Sluice with its eBPF datapath (sluice-ebpf): not measured: {why}."
+        ));
+    }
     if !have("envoy") {
         let policy = procs::command_text("apt-cache", &["policy", "envoy"]);
         let why = if policy.contains("Candidate:") && !policy.contains("Candidate: (none)") {

@@ -18,10 +18,16 @@ use crate::procs::{Pinning, Server};
 
 /// A proxy under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Peer {
-    /// `sluice standalone DIR --workers 1`.
+    /// `sluice standalone DIR --workers 1`: the proxy alone, every byte through the kernel's
+    /// TCP stack like the other peers.
     Sluice,
+    /// The same with `--ebpf`: Sluice's kernel datapath is loaded, and its sockmap moves the
+    /// bytes between node-local sockets (client to proxy, proxy to backend) without the TCP
+    /// stack. It is attached only while this peer is measured (started for each of its runs,
+    /// stopped after, its pinned state checked gone), so it never speeds up another peer.
+    SluiceEbpf,
     /// nginx from Debian, one worker process.
     Nginx,
     /// HAProxy from Debian, one thread (master-worker mode, for reloads).
@@ -30,12 +36,13 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in report order.
-    pub const ALL: [Peer; 3] = [Peer::Sluice, Peer::Nginx, Peer::Haproxy];
+    pub const ALL: [Peer; 4] = [Peer::Sluice, Peer::SluiceEbpf, Peer::Nginx, Peer::Haproxy];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
             Peer::Sluice => "sluice",
+            Peer::SluiceEbpf => "sluice-ebpf",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
         }
@@ -51,9 +58,38 @@ impl Peer {
             Peer::Sluice => 0,
             Peer::Nginx => 1,
             Peer::Haproxy => 2,
+            Peer::SluiceEbpf => 3,
+        }
+    }
+
+    /// Sluice, with or without its eBPF datapath (the other peers are what it is compared to).
+    pub fn is_sluice(self) -> bool {
+        matches!(self, Peer::Sluice | Peer::SluiceEbpf)
+    }
+
+    /// Runs only while measured: its kernel datapath would otherwise also carry the other
+    /// peers' connections. Takes part in the throughput scenarios only (route changes, idle
+    /// memory and HTTP/3 are the same proxy as `sluice`).
+    pub fn on_demand(self) -> bool {
+        self == Peer::SluiceEbpf
+    }
+
+    /// Admin API port of a Sluice instance.
+    fn admin_port(self, layout: Layout) -> u16 {
+        let base = match self {
+            Peer::SluiceEbpf => 28903,
+            _ => 28901,
+        };
+        match layout {
+            Layout::Base => base,
+            Layout::Routes(_) => base + 1,
         }
     }
 }
+
+/// Where `sluice-ebpf` pins its maps (not the default `/sys/fs/bpf/sluice`, which a Sluice
+/// running on the machine may own). Gone again once the instance has stopped.
+pub const EBPF_PIN_DIR: &str = "/sys/fs/bpf/sluice-bench";
 
 /// What an instance is configured to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,7 +135,7 @@ impl Ports {
         } + 10 * peer.index();
         let (h2c, https) = match peer {
             // Sluice serves HTTP/1.1 and h2c prior knowledge on one port (it sniffs the preface).
-            Peer::Sluice => (base, base + 1),
+            Peer::Sluice | Peer::SluiceEbpf => (base, base + 1),
             _ => (base + 1, base + 2),
         };
         Ports {
@@ -120,6 +156,8 @@ pub struct Env {
     pub pin: Pinning,
     /// The `sluice` binary.
     pub sluice: PathBuf,
+    /// The eBPF object for `sluice-ebpf` (`SLUICE_EBPF_OBJECT`), when it can run here.
+    pub ebpf_object: Option<PathBuf>,
     /// Self-signed certificate (PEM), `bench.example`.
     pub cert: PathBuf,
     /// Its private key (PEM, PKCS#8).
@@ -162,6 +200,7 @@ impl Env {
             tmp,
             pin,
             sluice,
+            ebpf_object: None,
             cert,
             key,
             fd_limit,
@@ -262,6 +301,8 @@ fn wait_for(s: &mut Server, timeout: Duration, mut ready: impl FnMut() -> bool) 
 pub struct Instance {
     /// Which proxy.
     pub peer: Peer,
+    /// What it serves.
+    pub layout: Layout,
     /// Its ports.
     pub ports: Ports,
     /// The process (Sluice; nginx and HAProxy masters).
@@ -287,19 +328,13 @@ impl Instance {
         std::fs::create_dir_all(&dir)?;
         let t0 = Instant::now();
         let server = match peer {
-            Peer::Sluice => {
+            Peer::Sluice | Peer::SluiceEbpf => {
                 sluice_config(env, &dir, layout, ports)?;
-                let admin = match layout {
-                    Layout::Base => 28901,
-                    Layout::Routes(_) => 28902,
-                };
-                let mut cmd = env.pin.proxy_cmd(&env.sluice);
-                cmd.arg("standalone")
-                    .arg(dir.join("config"))
-                    .args(["--workers", "1", "--admin"])
-                    .arg(format!("127.0.0.1:{admin}"))
-                    .env("RUST_LOG", "warn");
-                Server::spawn("sluice", cmd, &dir.join("stdout.log"))?
+                Server::spawn(
+                    peer.name(),
+                    sluice_cmd(env, peer, &dir, layout)?,
+                    &dir.join("stdout.log"),
+                )?
             }
             Peer::Nginx => {
                 let conf = nginx_config(env, &dir, layout, ports)?;
@@ -316,32 +351,67 @@ impl Instance {
         };
         let mut inst = Instance {
             peer,
+            layout,
             ports,
             server,
             dir,
             startup_ms: 0.0,
             probes: vec![],
         };
-        let addr = inst.http_addr();
-        let hosts: Vec<String> = match layout {
-            Layout::Base => vec!["bench.example".into()],
-            Layout::Routes(n) => vec![route_host(0), route_host(n - 1)],
-        };
-        wait_for(&mut inst.server, Duration::from_secs(120), || {
-            hosts
-                .iter()
-                .all(|h| client::probe(addr, h, "/").ok() == Some(200))
-        })?;
+        inst.wait_serving()?;
         inst.startup_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        if let Layout::Routes(_) = layout {
-            let code = client::probe(addr, "unknown.bench.example", "/")?;
-            if code != 404 {
-                bail!("{}: an unknown host got {code}, expected 404", peer.name());
-            }
+        if peer.on_demand() {
+            inst.suspend()?;
         }
         Ok(inst)
     }
 
+    /// Waits until every probe host gets 200 (and, with many routes, an unknown host 404).
+    fn wait_serving(&mut self) -> Result<()> {
+        let addr = self.http_addr();
+        let hosts: Vec<String> = match self.layout {
+            Layout::Base => vec!["bench.example".into()],
+            Layout::Routes(n) => vec![route_host(0), route_host(n - 1)],
+        };
+        wait_for(&mut self.server, Duration::from_secs(120), || {
+            hosts
+                .iter()
+                .all(|h| client::probe(addr, h, "/").ok() == Some(200))
+        })?;
+        if let Layout::Routes(_) = self.layout {
+            let code = client::probe(addr, "unknown.bench.example", "/")?;
+            if code != 404 {
+                bail!(
+                    "{}: an unknown host got {code}, expected 404",
+                    self.peer.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an on-demand instance (see [`Peer::on_demand`]) again, on the configuration it
+    /// was created with; returns once it serves.
+    pub fn resume(&mut self, env: &Env) -> Result<()> {
+        if self.server.is_running() {
+            return Ok(());
+        }
+        let cmd = sluice_cmd(env, self.peer, &self.dir, self.layout)?;
+        self.server = Server::spawn(self.peer.name(), cmd, &self.dir.join("stdout.log"))?;
+        self.wait_serving()
+    }
+
+    /// Stops an on-demand instance; for `sluice-ebpf`, checks that its kernel datapath went
+    /// with it (no pinned maps left), so the next peer runs on the plain TCP stack.
+    pub fn suspend(&mut self) -> Result<()> {
+        self.server.stop();
+        if self.peer == Peer::SluiceEbpf && Path::new(EBPF_PIN_DIR).exists() {
+            bail!(
+                "sluice-ebpf stopped but {EBPF_PIN_DIR} is still there: its datapath may still be attached"
+            );
+        }
+        Ok(())
+    }
     /// The plain HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.ports.http).into()
@@ -359,7 +429,7 @@ impl Instance {
     pub fn add_route(&mut self, host: &str) -> Result<()> {
         self.probes.push(host.to_string());
         match self.peer {
-            Peer::Sluice => {
+            Peer::Sluice | Peer::SluiceEbpf => {
                 let name = host.split('.').next().unwrap_or(host);
                 std::fs::write(
                     self.dir.join("config").join(format!("{name}.yaml")),
@@ -450,6 +520,25 @@ pub fn tls_info(port: u16) -> String {
 }
 
 // ---- Sluice ----
+
+/// The command line of a Sluice instance (its configuration written by [`sluice_config`]).
+fn sluice_cmd(env: &Env, peer: Peer, dir: &Path, layout: Layout) -> Result<Command> {
+    let mut cmd = env.pin.proxy_cmd(&env.sluice);
+    cmd.arg("standalone")
+        .arg(dir.join("config"))
+        .args(["--workers", "1", "--admin"])
+        .arg(format!("127.0.0.1:{}", peer.admin_port(layout)))
+        .env("RUST_LOG", "warn");
+    if peer == Peer::SluiceEbpf {
+        let object = env
+            .ebpf_object
+            .as_ref()
+            .context("sluice-ebpf needs root and the eBPF object (`cargo xtask ebpf`)")?;
+        cmd.args(["--ebpf", "--pin-dir", EBPF_PIN_DIR])
+            .env("SLUICE_EBPF_OBJECT", object);
+    }
+    Ok(cmd)
+}
 
 fn sluice_config(env: &Env, dir: &Path, layout: Layout, ports: Ports) -> Result<()> {
     let cfg = dir.join("config");
@@ -788,7 +877,7 @@ mod tests {
             for p in Peer::ALL {
                 let ports = Ports::of(p, layout);
                 seen.insert(ports.http);
-                if p != Peer::Sluice {
+                if !p.is_sluice() {
                     assert!(seen.insert(ports.h2c));
                 } else {
                     assert_eq!(ports.h2c, ports.http, "Sluice sniffs h2c on its HTTP port");
@@ -824,6 +913,7 @@ mod tests {
             tmp: tmp.clone(),
             pin: Pinning::for_cpus(1),
             sluice: PathBuf::from("sluice"),
+            ebpf_object: None,
             fd_limit: 1024,
             backend_pid: 0,
             quiet_budget: std::cell::Cell::new(Duration::ZERO),

@@ -108,6 +108,11 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Started and not stopped (it may still have exited on its own: see `check_alive`).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Fails when the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut()

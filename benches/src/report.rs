@@ -183,106 +183,121 @@ fn get<T>(list: &[T], peer: Peer, f: impl Fn(&T) -> Peer) -> Option<&T> {
 /// Evaluates the targets against this run.
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = vec![];
-    // HTTP/1.1 keep-alive 64: 1.3x req/s of each peer, p99 no higher.
-    {
-        let target = "HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x nginx and 1.3x HAProxy, p99 no higher than either".to_string();
-        match throughput(r, "h1-keepalive-64") {
-            Some(p) => {
-                let s = get(p, Peer::Sluice, |x| x.peer);
-                let others: Vec<&Summary> = p.iter().filter(|x| x.peer != Peer::Sluice).collect();
-                match s {
-                    Some(s) if !others.is_empty() => {
-                        let mut parts = vec![];
-                        let mut ok = true;
-                        for o in &others {
-                            let rr = s.rps / o.rps;
-                            let pr = s.p99_ms / o.p99_ms;
-                            ok &= rr >= 1.3 && pr <= 1.0;
-                            parts.push(format!(
-                                "{:.2}x {} req/s, p99 {:.2} vs {:.2} ms",
-                                rr,
-                                o.peer.name(),
-                                s.p99_ms,
-                                o.p99_ms
-                            ));
+    // The comparisons with the peers, for Sluice alone and (when run) with its eBPF datapath.
+    for me in [Peer::Sluice, Peer::SluiceEbpf] {
+        if !r.peers.contains(&me) {
+            continue;
+        }
+        let who = match me {
+            Peer::SluiceEbpf => " (Sluice with its eBPF datapath)",
+            _ => "",
+        };
+        // HTTP/1.1 keep-alive 64: 1.3x req/s of each peer, p99 no higher.
+        {
+            let target = format!(
+                "HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x nginx and 1.3x HAProxy, p99 no higher than either{who}"
+            );
+            match throughput(r, "h1-keepalive-64") {
+                Some(p) => {
+                    let s = get(p, me, |x| x.peer);
+                    let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
+                    match s {
+                        Some(s) if !others.is_empty() => {
+                            let mut parts = vec![];
+                            let mut ok = true;
+                            for o in &others {
+                                let rr = s.rps / o.rps;
+                                let pr = s.p99_ms / o.p99_ms;
+                                ok &= rr >= 1.3 && pr <= 1.0;
+                                parts.push(format!(
+                                    "{:.2}x {} req/s, p99 {:.2} vs {:.2} ms",
+                                    rr,
+                                    o.peer.name(),
+                                    s.p99_ms,
+                                    o.p99_ms
+                                ));
+                            }
+                            out.push(Target {
+                                target,
+                                measured: parts.join("; "),
+                                verdict: Verdict::of(ok),
+                            });
                         }
+                        _ => out.push(not_measured(target)),
+                    }
+                }
+                None => out.push(not_measured(target)),
+            }
+        }
+        // The same target by CPU per request, which a saturated load generator does not cap.
+        {
+            let target = format!(
+                "HTTP/1.1 keep-alive, 64 connections, by CPU per request: req/s per proxy core >= 1.3x nginx and 1.3x HAProxy{who}"
+            );
+            match throughput(r, "h1-keepalive-64") {
+                Some(p) => match get(p, me, |x| x.peer) {
+                    Some(s) => {
+                        let others: Vec<&Summary> =
+                            p.iter().filter(|x| !x.peer.is_sluice()).collect();
+                        let ok = !others.is_empty()
+                            && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
+                        let m = others
+                            .iter()
+                            .map(|o| {
+                                format!(
+                                    "{:.2}x {} ({:.2} vs {:.2} µs/req)",
+                                    s.capacity() / o.capacity(),
+                                    o.peer.name(),
+                                    s.cpu_us(),
+                                    o.cpu_us()
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; ");
                         out.push(Target {
                             target,
-                            measured: parts.join("; "),
+                            measured: m,
                             verdict: Verdict::of(ok),
                         });
                     }
-                    _ => out.push(not_measured(target)),
-                }
-            }
-            None => out.push(not_measured(target)),
-        }
-    }
-    // The same target by CPU per request, which a saturated load generator does not cap.
-    {
-        let target = "HTTP/1.1 keep-alive, 64 connections, by CPU per request: req/s per proxy core >= 1.3x nginx and 1.3x HAProxy".to_string();
-        match throughput(r, "h1-keepalive-64") {
-            Some(p) => match get(p, Peer::Sluice, |x| x.peer) {
-                Some(s) => {
-                    let others: Vec<&Summary> =
-                        p.iter().filter(|x| x.peer != Peer::Sluice).collect();
-                    let ok = !others.is_empty()
-                        && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
-                    let m = others
-                        .iter()
-                        .map(|o| {
-                            format!(
-                                "{:.2}x {} ({:.2} vs {:.2} µs/req)",
-                                s.capacity() / o.capacity(),
-                                o.peer.name(),
-                                s.cpu_us(),
-                                o.cpu_us()
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    out.push(Target {
-                        target,
-                        measured: m,
-                        verdict: Verdict::of(ok),
-                    });
-                }
+                    None => out.push(not_measured(target)),
+                },
                 None => out.push(not_measured(target)),
-            },
-            None => out.push(not_measured(target)),
+            }
         }
-    }
-    // HTTP/2 and TLS: at least equal to the better peer.
-    for (name, what) in [
-        ("h2c", "HTTP/2 cleartext"),
-        ("tls-h1", "TLS, HTTP/1.1 keep-alive"),
-        ("tls-h2", "TLS, HTTP/2"),
-        ("tls-new-conn", "TLS, handshake per request"),
-    ] {
-        let target = format!("{what}: req/s at least equal to the better peer");
-        let Some(p) = throughput(r, name) else {
-            out.push(not_measured(target));
-            continue;
-        };
-        let s = get(p, Peer::Sluice, |x| x.peer);
-        let best = p
-            .iter()
-            .filter(|x| x.peer != Peer::Sluice)
-            .max_by(|a, b| a.rps.total_cmp(&b.rps));
-        match (s, best) {
-            (Some(s), Some(b)) => out.push(Target {
-                target,
-                measured: format!(
-                    "Sluice {:.0} req/s, best peer {} {:.0} ({:.2}x)",
-                    s.rps,
-                    b.peer.name(),
-                    b.rps,
-                    s.rps / b.rps
-                ),
-                // Within run-to-run noise (1%) counts as equal.
-                verdict: Verdict::of(s.rps >= 0.99 * b.rps),
-            }),
-            _ => out.push(not_measured(target)),
+        // HTTP/2 and TLS: at least equal to the better peer.
+        for (name, what) in [
+            ("h2c", "HTTP/2 cleartext"),
+            ("tls-h1", "TLS, HTTP/1.1 keep-alive"),
+            ("tls-h2", "TLS, HTTP/2"),
+            ("tls-new-conn", "TLS, handshake per request"),
+        ] {
+            let target = format!("{what}: req/s at least equal to the better peer{who}");
+            let Some(p) = throughput(r, name) else {
+                out.push(not_measured(target));
+                continue;
+            };
+            let s = get(p, me, |x| x.peer);
+            let best = p
+                .iter()
+                .filter(|x| !x.peer.is_sluice())
+                .max_by(|a, b| a.rps.total_cmp(&b.rps));
+            match (s, best) {
+                (Some(s), Some(b)) => out.push(Target {
+                    target,
+                    measured: format!(
+                        "{} {:.0} req/s, best peer {} {:.0} ({:.2}x)",
+                        me.name(),
+                        s.rps,
+                        b.peer.name(),
+                        b.rps,
+                        s.rps / b.rps
+                    ),
+                    // Within run-to-run noise (1%) counts as equal.
+                    verdict: Verdict::of(s.rps >= 0.99 * b.rps),
+                }),
+                _ => out.push(not_measured(target)),
+            }
         }
     }
     // HTTP/3: only Sluice serves it, so there is nothing to beat; the figures are reported.
@@ -351,7 +366,7 @@ pub fn targets(r: &Report) -> Vec<Target> {
             Some(p) => match get(p, Peer::Sluice, |x| x.peer) {
                 Some(s) => {
                     let others: Vec<&MemorySummary> =
-                        p.iter().filter(|x| x.peer != Peer::Sluice).collect();
+                        p.iter().filter(|x| !x.peer.is_sluice()).collect();
                     let ok = others.iter().all(|o| s.bytes_per_conn < o.bytes_per_conn);
                     let mut m = format!("Sluice {:.0} B", s.bytes_per_conn);
                     for o in others {
@@ -490,17 +505,12 @@ fn throughput_row(s: &mut String, scenario: &str, proxy: &str, p: &Summary) {
 }
 
 fn ratio_table(r: &Report, s: &mut String) {
-    let others: Vec<Peer> = r
-        .peers
-        .iter()
-        .copied()
-        .filter(|p| *p != Peer::Sluice)
-        .collect();
+    let others: Vec<Peer> = r.peers.iter().copied().filter(|p| !p.is_sluice()).collect();
     let any = r
         .scenarios
         .iter()
         .any(|sc| matches!(sc.outcome, Outcome::Throughput { .. }));
-    if others.is_empty() || !r.peers.contains(&Peer::Sluice) || !any {
+    if others.is_empty() || !r.peers.iter().any(|p| p.is_sluice()) || !any {
         return;
     }
     let mut head = "| scenario |".to_string();
@@ -512,12 +522,19 @@ fn ratio_table(r: &Report, s: &mut String) {
         }
     }
     let _ = writeln!(s, "{head}\n{line}");
-    for sc in &r.scenarios {
+    for (sc, who) in r.scenarios.iter().flat_map(|sc| {
+        [Peer::Sluice, Peer::SluiceEbpf]
+            .into_iter()
+            .map(move |who| (sc, who))
+    }) {
         if let Outcome::Throughput { peers, .. } = &sc.outcome {
-            let Some(me) = get(peers, Peer::Sluice, |x| x.peer) else {
+            let Some(me) = get(peers, who, |x| x.peer) else {
                 continue;
             };
-            let mut row = format!("| {} |", sc.name);
+            let mut row = match who {
+                Peer::Sluice => format!("| {} |", sc.name),
+                _ => format!("| {} ({}) |", sc.name, who.name()),
+            };
             for f in [
                 (|x: &Summary| x.rps) as fn(&Summary) -> f64,
                 |x| x.p99_ms,
@@ -636,7 +653,7 @@ pub fn markdown(r: &Report, plot_prefix: &str) -> String {
     s.push_str("## Throughput, latency, CPU per request\n\n");
     s.push_str("Medians over the rounds. CPU per request is the proxy's user + system time (from /proc, all its processes and threads) divided by the requests completed; \"req/s per proxy core\" is its inverse, what one core could serve with the proxy as the only bottleneck. \"proxy CPU\" is that time over the run's wall time: near 1.00 the proxy was the bottleneck. \"load core busy\" near 100% means the load generator and backend were. \"other load\" is CPU used by anything else on the machine during the run: when it is well above zero, requests/s and latency of that run are disturbed, CPU per request much less so.\n\n");
     throughput_table(r, &mut s);
-    s.push_str("### Sluice relative to each peer\n\nAbove 1.00x is better for req/s, below 1.00x is better for p99 and CPU/req.\n\n");
+    s.push_str("### Sluice relative to each peer\n\nRows marked (sluice-ebpf) are Sluice with its eBPF datapath. Above 1.00x is better for req/s, below 1.00x is better for p99 and CPU/req.\n\n");
     ratio_table(r, &mut s);
     if let Some(h3) = http3_sentence(r) {
         let _ = writeln!(
@@ -938,7 +955,7 @@ mod tests {
             pinning: "pinned".into(),
             baseline: None,
             tls: vec![],
-            peers: Peer::ALL.to_vec(),
+            peers: vec![Peer::Sluice, Peer::Nginx, Peer::Haproxy],
             not_measured: vec!["envoy: not installable".into()],
             scenarios,
         }
@@ -953,6 +970,42 @@ mod tests {
                 peers,
             },
         }
+    }
+
+    #[test]
+    fn sluice_with_its_datapath_gets_its_own_rows_against_the_peers_only() {
+        let mut r = report(vec![tp(
+            "h1-keepalive-64",
+            vec![
+                summary(Peer::Sluice, 100.0, 1.0, 1.0, 1.0),
+                summary(Peer::SluiceEbpf, 150.0, 0.5, 1.0, 1.0),
+                summary(Peer::Nginx, 100.0, 1.0, 1.0, 1.0),
+                summary(Peer::Haproxy, 90.0, 2.0, 1.0, 1.0),
+            ],
+        )]);
+        r.peers = Peer::ALL.to_vec();
+        let t = targets(&r);
+        let ka: Vec<&Target> = t
+            .iter()
+            .filter(|t| {
+                t.target
+                    .starts_with("HTTP/1.1 keep-alive, 64 connections: req/s")
+            })
+            .collect();
+        assert_eq!(ka.len(), 2, "{t:?}");
+        assert_eq!(ka[0].verdict, Verdict::Missed);
+        assert!(ka[1].target.ends_with("(Sluice with its eBPF datapath)"));
+        assert_eq!(ka[1].verdict, Verdict::Met, "{:?}", ka[1]);
+        // Compared with nginx and HAProxy, never with the other Sluice.
+        assert_eq!(
+            ka[1].measured,
+            "1.50x nginx req/s, p99 0.50 vs 1.00 ms; 1.67x haproxy req/s, p99 0.50 vs 2.00 ms"
+        );
+        let md = markdown(&r, "");
+        assert!(
+            md.contains("| h1-keepalive-64 (sluice-ebpf) | 1.50x |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -476,10 +476,20 @@ pub fn run(
     settings: &Settings,
     instances: &mut Instances,
 ) -> Result<Outcome> {
-    match sc.kind {
-        Kind::Throughput {
-            proto, path, load, ..
-        } => throughput(env, settings, instances, proto, path, load),
+    if let Kind::Throughput {
+        proto, path, load, ..
+    } = sc.kind
+    {
+        return throughput(env, settings, instances, proto, path, load);
+    }
+    // On-demand peers (Sluice with its eBPF datapath) sit the other scenarios out: they
+    // measure the same proxy as `sluice`.
+    let (on_demand, list): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut instances.list)
+        .into_iter()
+        .partition(|i| i.peer.on_demand());
+    instances.list = list;
+    let r = match sc.kind {
+        Kind::Throughput { .. } => unreachable!("handled above"),
         Kind::Reload { routes } => reload(settings, instances, routes),
         Kind::IdleMemory { conns } => {
             // Under a low open-file limit every peer gets the same, smaller count.
@@ -487,7 +497,10 @@ pub fn run(
             memory(settings, instances, conns)
         }
         Kind::Http3 { conns, streams } => http3(env, settings, instances, conns, streams),
-    }
+    };
+    instances.list.extend(on_demand);
+    instances.list.sort_by_key(|i| i.peer);
+    r
 }
 
 fn url(inst: &Instance, proto: Proto, path: &str) -> String {
@@ -549,8 +562,8 @@ fn throughput(
         Load::H2load { conns, streams } => Tool::H2load { conns, streams },
     };
     // What the client sees must be the backend's response, through every peer.
-    if proto == Proto::Http && instances.layout == Layout::Base {
-        for inst in &instances.list {
+    let check = |inst: &Instance| -> Result<()> {
+        if proto == Proto::Http && inst.layout == Layout::Base {
             let (code, body) = client::fetch_body(inst.http_addr(), "bench.example", path)?;
             let want = if path == "/100k" { LARGE_BODY } else { 64 };
             if code != 200 || body.len() != want {
@@ -561,8 +574,9 @@ fn throughput(
                 );
             }
         }
-    }
-    for inst in &mut instances.list {
+        Ok(())
+    };
+    let warm_up = |inst: &mut Instance| -> Result<()> {
         inst.server.check_alive()?;
         tool.run(
             &env.pin,
@@ -571,6 +585,13 @@ fn throughput(
             &env.tmp,
         )
         .with_context(|| format!("warm-up of {}", inst.peer.name()))?;
+        Ok(())
+    };
+    for inst in &mut instances.list {
+        if !inst.peer.on_demand() {
+            check(inst)?;
+            warm_up(inst)?;
+        }
     }
     let n = instances.list.len();
     let mut samples: Vec<Vec<Sample>> = vec![vec![]; n];
@@ -581,7 +602,17 @@ fn throughput(
             let inst = &mut instances.list[i];
             let u = url(inst, proto, path);
             let label = inst.peer.name();
-            samples[i].push(measure(env, settings, inst, &tool, &u, round, label)?);
+            // An on-demand peer runs only for its own runs, warmed up each time.
+            if inst.peer.on_demand() {
+                inst.resume(env)?;
+                check(inst)?;
+                warm_up(inst)?;
+            }
+            let sample = measure(env, settings, inst, &tool, &u, round, label);
+            if inst.peer.on_demand() {
+                inst.suspend()?;
+            }
+            samples[i].push(sample?);
         }
     }
     let peers = instances
@@ -651,7 +682,7 @@ fn measure(
 /// without `http_v3_module`, HAProxy without QUIC), or this runner does not configure it.
 fn no_http3(peer: Peer) -> String {
     let (version, built) = match peer {
-        Peer::Sluice => return "serves HTTP/3".into(),
+        Peer::Sluice | Peer::SluiceEbpf => return "serves HTTP/3".into(),
         Peer::Nginx => (
             procs::command_text("nginx", &["-v"]).replace("nginx version: nginx/", "nginx "),
             procs::command_text("nginx", &["-V"]).contains("http_v3_module"),
@@ -683,7 +714,7 @@ fn http3(
     let unsupported: Vec<Unsupported> = instances
         .list
         .iter()
-        .filter(|i| i.peer != Peer::Sluice)
+        .filter(|i| !i.peer.is_sluice())
         .map(|i| Unsupported {
             peer: i.peer,
             reason: no_http3(i.peer),

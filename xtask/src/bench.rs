@@ -23,7 +23,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 pub fn main(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         eprintln!(
-            "usage: cargo xtask bench [--quick] [--scenario NAME...] [--peers sluice,nginx,haproxy] \
+            "usage: cargo xtask bench [--quick] [--scenario NAME...] [--peers sluice,sluice-ebpf,nginx,haproxy] \
              [--rounds N] [--seconds S] [--out DIR] [--keep] [--list] [--sluice-rev REV]\n\
              Full runs write benches/results/; other runs write benches/results/scratch/.\n\
              --sluice-rev REV measures Sluice as committed at REV (a clean `git archive` export)\n\
@@ -97,11 +97,33 @@ pub fn main(args: &[String]) -> Result<()> {
                 .arg(&commit);
         }
     }
+    // Sluice with its kernel datapath (the `sluice-ebpf` peer) needs the eBPF object and root;
+    // without either the runner reports that peer as not measured. A revision other than the
+    // working tree is measured without it (the object would be the working tree's).
+    if rev.is_none() && is_root() {
+        match crate::ebpf::run(&[]) {
+            Ok(()) => {
+                runner
+                    .arg("--ebpf-object")
+                    .arg(root.join("target/bpf/sluice.bpf.o"));
+            }
+            Err(e) => eprintln!(
+                "warning: the eBPF object did not build ({e:#}); sluice-ebpf will not be measured"
+            ),
+        }
+    }
     let shown = format!("cargo xtask bench {}", args.join(" "));
     runner.arg("--command").arg(shown.trim_end()).args(&rest);
     let status = runner.status().context("starting peer-bench")?;
     anyhow::ensure!(status.success(), "peer-bench failed ({status})");
     Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn git(root: &std::path::Path, args: &[&str]) -> Result<String> {
