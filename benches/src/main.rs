@@ -201,6 +201,12 @@ fn main() -> Result<()> {
         scenarios: ran.results,
     };
     report::write_all(&report, &out)?;
+    if out == results_root {
+        let readme = results_root.join("../../README.md");
+        splice_readme(&readme, &report::readme_section(&report))
+            .with_context(|| format!("updating {}", readme.display()))?;
+        eprintln!("==> README.md performance section regenerated");
+    }
     println!("{}", report::markdown(&report, ""));
     eprintln!("==> results written to {}", out.display());
     if !cli.keep {
@@ -451,6 +457,29 @@ fn versions(sluice: Option<&str>) -> Versions {
 }
 
 /// Peers and protocols the issue asks for that this machine cannot run.
+/// Marks the generated part of the README's performance section.
+const README_BEGIN: &str = "<!-- benches:begin -->";
+const README_END: &str = "<!-- benches:end -->";
+
+/// Replaces what lies between the README's markers with `section`.
+fn splice_readme(readme: &Path, section: &str) -> Result<()> {
+    let text = std::fs::read_to_string(readme)?;
+    let (Some(a), Some(b)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        bail!("no {README_BEGIN} ... {README_END} markers");
+    };
+    if b < a {
+        bail!("{README_END} comes before {README_BEGIN}");
+    }
+    let new = format!(
+        "{}{README_BEGIN}\n{}\n{}",
+        &text[..a],
+        section.trim_end(),
+        &text[b..]
+    );
+    std::fs::write(readme, new)?;
+    Ok(())
+}
+
 /// Why the `sluice-ebpf` peer cannot run here, if it cannot.
 fn ebpf_unavailable(object: Option<&Path>) -> Option<String> {
     let Some(object) = object else {
@@ -487,4 +516,33 @@ fn not_measured(ebpf: Option<&str>) -> Vec<String> {
         v.push(format!("Envoy: not measured: {why}."));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_section_is_replaced_between_the_markers_only() {
+        let dir = std::env::temp_dir().join(format!("peer-bench-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let readme = dir.join("README.md");
+        std::fs::write(
+            &readme,
+            format!("# Top\n\n## Performance\n\nkept\n{README_BEGIN}\nold table\n{README_END}\n\n## Layout\n"),
+        )
+        .unwrap();
+        splice_readme(&readme, "new table\n").unwrap();
+        let text = std::fs::read_to_string(&readme).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# Top\n\n## Performance\n\nkept\n{README_BEGIN}\nnew table\n{README_END}\n\n## Layout\n"
+            )
+        );
+        std::fs::write(&readme, "no markers\n").unwrap();
+        assert!(splice_readme(&readme, "x").is_err());
+        assert_eq!(std::fs::read_to_string(&readme).unwrap(), "no markers\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
