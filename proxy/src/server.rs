@@ -234,16 +234,26 @@ async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: Socket
                 return;
             };
             drop(rt);
-            serve_https(&shared, cfg, stream, peer).await;
+            // Boxed, like the arms below: the task of every connection is as large as its
+            // largest arm, and plain HTTP connections should not carry TLS state.
+            Box::pin(serve_https(&shared, cfg, stream, peer)).await;
         }
         ListenerProtocol::Https | ListenerProtocol::Tls => {
-            serve_sni(&shared, rt, stream, peer).await;
+            Box::pin(serve_sni(&shared, rt, stream, peer)).await;
         }
         ListenerProtocol::Tcp => {
             let Some(route) = rt.l4.as_ref() else {
                 return;
             };
-            crate::l4::forward(&shared, &route.name, &route.backends, stream, &[], peer).await;
+            Box::pin(crate::l4::forward(
+                &shared,
+                &route.name,
+                &route.backends,
+                stream,
+                &[],
+                peer,
+            ))
+            .await;
         }
         // UDP listeners bind datagram sockets (see `crate::l4::serve_udp`).
         ListenerProtocol::Udp => {}
@@ -415,10 +425,12 @@ where
     let mut stop = shared.stop.subscribe();
     let svc = service_fn(move |req| handle(req, ctx.clone()));
     if h2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
+        // Boxed: HTTP/1.1 connections, the many idle ones, should not carry HTTP/2 state.
+        let mut conn = Box::pin(
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc),
+        );
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = stopped(&mut stop) => {
