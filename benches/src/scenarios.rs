@@ -494,7 +494,7 @@ pub fn run(
         Kind::IdleMemory { conns } => {
             // Under a low open-file limit every peer gets the same, smaller count.
             let conns = conns.min(env.max_conns().saturating_sub(100) as usize);
-            memory(settings, instances, conns)
+            memory(env, settings, instances, conns)
         }
         Kind::Http3 { conns, streams } => http3(env, settings, instances, conns, streams),
     };
@@ -874,7 +874,12 @@ fn reload(settings: &Settings, instances: &mut Instances, routes: usize) -> Resu
     Ok(Outcome::Reload { routes, peers })
 }
 
-fn memory(settings: &Settings, instances: &mut Instances, conns: usize) -> Result<Outcome> {
+fn memory(
+    env: &Env,
+    settings: &Settings,
+    instances: &mut Instances,
+    conns: usize,
+) -> Result<Outcome> {
     let n = instances.list.len();
     let mut before: Vec<Vec<f64>> = vec![vec![]; n];
     let mut open: Vec<Vec<f64>> = vec![vec![]; n];
@@ -883,6 +888,13 @@ fn memory(settings: &Settings, instances: &mut Instances, conns: usize) -> Resul
         for k in 0..n {
             let i = (round + k) % n;
             let inst = &mut instances.list[i];
+            if round > 0 {
+                // Every round on a fresh process: memory an earlier round freed but the
+                // allocator kept would be reused and hide the per-connection cost.
+                let (peer, layout) = (inst.peer, inst.layout);
+                inst.server.stop();
+                *inst = Instance::start(env, peer, layout)?;
+            }
             inst.server.check_alive()?;
             let addr = inst.http_addr();
             // Warm: a few connections and requests so pools and caches exist before the baseline.
