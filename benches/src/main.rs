@@ -456,7 +456,6 @@ fn versions(sluice: Option<&str>) -> Versions {
     }
 }
 
-/// Peers and protocols the issue asks for that this machine cannot run.
 /// Marks the generated part of the README's performance section.
 const README_BEGIN: &str = "<!-- benches:begin -->";
 const README_END: &str = "<!-- benches:end -->";
@@ -499,6 +498,8 @@ fn ebpf_unavailable(object: Option<&Path>) -> Option<String> {
     None
 }
 
+/// Peers and protocols the issue asks for that this machine cannot run (`ebpf`: why
+/// `sluice-ebpf` cannot, when it was left out for that).
 fn not_measured(ebpf: Option<&str>) -> Vec<String> {
     let mut v = vec![];
     if let Some(why) = ebpf {

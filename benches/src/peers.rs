@@ -412,6 +412,7 @@ impl Instance {
         }
         Ok(())
     }
+
     /// The plain HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.ports.http).into()
