@@ -269,17 +269,9 @@ fn run(
                 let mut started = Instances::start(env, peers, layout)?;
                 if layout == Layout::Base && tls.is_empty() {
                     for inst in &mut started.list {
-                        if inst.peer.on_demand() {
-                            inst.resume(env)?;
-                        }
-                        tls.push(format!(
-                            "{}: {}",
-                            inst.peer.name(),
-                            peers::tls_info(inst.ports.https)
-                        ));
-                        if inst.peer.on_demand() {
-                            inst.suspend()?;
-                        }
+                        let info =
+                            inst.while_running(env, |inst| Ok(peers::tls_info(inst.ports.https)))?;
+                        tls.push(format!("{}: {info}", inst.peer.name()));
                     }
                 }
                 current = Some(started);

@@ -390,9 +390,25 @@ impl Instance {
         Ok(())
     }
 
-    /// Starts an on-demand instance (see [`Peer::on_demand`]) again, on the configuration it
-    /// was created with; returns once it serves.
-    pub fn resume(&mut self, env: &Env) -> Result<()> {
+    /// Runs `f` with the instance serving: an on-demand instance (see [`Peer::on_demand`]) is
+    /// started for it and stopped after, also when `f` fails; the others run anyway.
+    pub fn while_running<T>(
+        &mut self,
+        env: &Env,
+        f: impl FnOnce(&mut Instance) -> Result<T>,
+    ) -> Result<T> {
+        if !self.peer.on_demand() {
+            return f(self);
+        }
+        self.resume(env)?;
+        let r = f(self);
+        self.suspend()?;
+        r
+    }
+
+    /// Starts an on-demand instance again, on the configuration it was created with; returns
+    /// once it serves.
+    fn resume(&mut self, env: &Env) -> Result<()> {
         if self.server.is_running() {
             return Ok(());
         }
@@ -403,7 +419,7 @@ impl Instance {
 
     /// Stops an on-demand instance; for `sluice-ebpf`, checks that its kernel datapath went
     /// with it (no pinned maps left), so the next peer runs on the plain TCP stack.
-    pub fn suspend(&mut self) -> Result<()> {
+    fn suspend(&mut self) -> Result<()> {
         self.server.stop();
         if self.peer == Peer::SluiceEbpf && Path::new(EBPF_PIN_DIR).exists() {
             bail!(

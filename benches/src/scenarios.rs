@@ -603,16 +603,15 @@ fn throughput(
             let u = url(inst, proto, path);
             let label = inst.peer.name();
             // An on-demand peer runs only for its own runs, warmed up each time.
-            if inst.peer.on_demand() {
-                inst.resume(env)?;
-                check(inst)?;
-                warm_up(inst)?;
-            }
-            let sample = measure(env, settings, inst, &tool, &u, round, label);
-            if inst.peer.on_demand() {
-                inst.suspend()?;
-            }
-            samples[i].push(sample?);
+            let on_demand = inst.peer.on_demand();
+            let sample = inst.while_running(env, |inst| {
+                if on_demand {
+                    check(inst)?;
+                    warm_up(inst)?;
+                }
+                measure(env, settings, inst, &tool, &u, round, label)
+            })?;
+            samples[i].push(sample);
         }
     }
     let peers = instances
