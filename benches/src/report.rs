@@ -185,119 +185,8 @@ pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = vec![];
     // The comparisons with the peers, for Sluice alone and (when run) with its eBPF datapath.
     for me in [Peer::Sluice, Peer::SluiceEbpf] {
-        if !r.peers.contains(&me) {
-            continue;
-        }
-        let who = match me {
-            Peer::SluiceEbpf => " (Sluice with its eBPF datapath)",
-            _ => "",
-        };
-        // HTTP/1.1 keep-alive 64: 1.3x req/s of each peer, p99 no higher.
-        {
-            let target = format!(
-                "HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x nginx and 1.3x HAProxy, p99 no higher than either{who}"
-            );
-            match throughput(r, "h1-keepalive-64") {
-                Some(p) => {
-                    let s = get(p, me, |x| x.peer);
-                    let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
-                    match s {
-                        Some(s) if !others.is_empty() => {
-                            let mut parts = vec![];
-                            let mut ok = true;
-                            for o in &others {
-                                let rr = s.rps / o.rps;
-                                let pr = s.p99_ms / o.p99_ms;
-                                ok &= rr >= 1.3 && pr <= 1.0;
-                                parts.push(format!(
-                                    "{:.2}x {} req/s, p99 {:.2} vs {:.2} ms",
-                                    rr,
-                                    o.peer.name(),
-                                    s.p99_ms,
-                                    o.p99_ms
-                                ));
-                            }
-                            out.push(Target {
-                                target,
-                                measured: parts.join("; "),
-                                verdict: Verdict::of(ok),
-                            });
-                        }
-                        _ => out.push(not_measured(target)),
-                    }
-                }
-                None => out.push(not_measured(target)),
-            }
-        }
-        // The same target by CPU per request, which a saturated load generator does not cap.
-        {
-            let target = format!(
-                "HTTP/1.1 keep-alive, 64 connections, by CPU per request: req/s per proxy core >= 1.3x nginx and 1.3x HAProxy{who}"
-            );
-            match throughput(r, "h1-keepalive-64") {
-                Some(p) => match get(p, me, |x| x.peer) {
-                    Some(s) => {
-                        let others: Vec<&Summary> =
-                            p.iter().filter(|x| !x.peer.is_sluice()).collect();
-                        let ok = !others.is_empty()
-                            && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
-                        let m = others
-                            .iter()
-                            .map(|o| {
-                                format!(
-                                    "{:.2}x {} ({:.2} vs {:.2} µs/req)",
-                                    s.capacity() / o.capacity(),
-                                    o.peer.name(),
-                                    s.cpu_us(),
-                                    o.cpu_us()
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        out.push(Target {
-                            target,
-                            measured: m,
-                            verdict: Verdict::of(ok),
-                        });
-                    }
-                    None => out.push(not_measured(target)),
-                },
-                None => out.push(not_measured(target)),
-            }
-        }
-        // HTTP/2 and TLS: at least equal to the better peer.
-        for (name, what) in [
-            ("h2c", "HTTP/2 cleartext"),
-            ("tls-h1", "TLS, HTTP/1.1 keep-alive"),
-            ("tls-h2", "TLS, HTTP/2"),
-            ("tls-new-conn", "TLS, handshake per request"),
-        ] {
-            let target = format!("{what}: req/s at least equal to the better peer{who}");
-            let Some(p) = throughput(r, name) else {
-                out.push(not_measured(target));
-                continue;
-            };
-            let s = get(p, me, |x| x.peer);
-            let best = p
-                .iter()
-                .filter(|x| !x.peer.is_sluice())
-                .max_by(|a, b| a.rps.total_cmp(&b.rps));
-            match (s, best) {
-                (Some(s), Some(b)) => out.push(Target {
-                    target,
-                    measured: format!(
-                        "{} {:.0} req/s, best peer {} {:.0} ({:.2}x)",
-                        me.name(),
-                        s.rps,
-                        b.peer.name(),
-                        b.rps,
-                        s.rps / b.rps
-                    ),
-                    // Within run-to-run noise (1%) counts as equal.
-                    verdict: Verdict::of(s.rps >= 0.99 * b.rps),
-                }),
-                _ => out.push(not_measured(target)),
-            }
+        if r.peers.contains(&me) {
+            peer_targets(r, me, &mut out);
         }
     }
     // HTTP/3: only Sluice serves it, so there is nothing to beat; the figures are reported.
@@ -384,6 +273,120 @@ pub fn targets(r: &Report) -> Vec<Target> {
         }
     }
     out
+}
+
+/// The targets that compare `me` (Sluice, with or without its datapath) with nginx and HAProxy.
+fn peer_targets(r: &Report, me: Peer, out: &mut Vec<Target>) {
+    let who = match me {
+        Peer::SluiceEbpf => " (Sluice with its eBPF datapath)",
+        _ => "",
+    };
+    // HTTP/1.1 keep-alive 64: 1.3x req/s of each peer, p99 no higher.
+    {
+        let target = format!(
+            "HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x nginx and 1.3x HAProxy, p99 no higher than either{who}"
+        );
+        match throughput(r, "h1-keepalive-64") {
+            Some(p) => {
+                let s = get(p, me, |x| x.peer);
+                let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
+                match s {
+                    Some(s) if !others.is_empty() => {
+                        let mut parts = vec![];
+                        let mut ok = true;
+                        for o in &others {
+                            let rr = s.rps / o.rps;
+                            let pr = s.p99_ms / o.p99_ms;
+                            ok &= rr >= 1.3 && pr <= 1.0;
+                            parts.push(format!(
+                                "{:.2}x {} req/s, p99 {:.2} vs {:.2} ms",
+                                rr,
+                                o.peer.name(),
+                                s.p99_ms,
+                                o.p99_ms
+                            ));
+                        }
+                        out.push(Target {
+                            target,
+                            measured: parts.join("; "),
+                            verdict: Verdict::of(ok),
+                        });
+                    }
+                    _ => out.push(not_measured(target)),
+                }
+            }
+            None => out.push(not_measured(target)),
+        }
+    }
+    // The same target by CPU per request, which a saturated load generator does not cap.
+    {
+        let target = format!(
+            "HTTP/1.1 keep-alive, 64 connections, by CPU per request: req/s per proxy core >= 1.3x nginx and 1.3x HAProxy{who}"
+        );
+        match throughput(r, "h1-keepalive-64") {
+            Some(p) => match get(p, me, |x| x.peer) {
+                Some(s) => {
+                    let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
+                    let ok = !others.is_empty()
+                        && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
+                    let m = others
+                        .iter()
+                        .map(|o| {
+                            format!(
+                                "{:.2}x {} ({:.2} vs {:.2} µs/req)",
+                                s.capacity() / o.capacity(),
+                                o.peer.name(),
+                                s.cpu_us(),
+                                o.cpu_us()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    out.push(Target {
+                        target,
+                        measured: m,
+                        verdict: Verdict::of(ok),
+                    });
+                }
+                None => out.push(not_measured(target)),
+            },
+            None => out.push(not_measured(target)),
+        }
+    }
+    // HTTP/2 and TLS: at least equal to the better peer.
+    for (name, what) in [
+        ("h2c", "HTTP/2 cleartext"),
+        ("tls-h1", "TLS, HTTP/1.1 keep-alive"),
+        ("tls-h2", "TLS, HTTP/2"),
+        ("tls-new-conn", "TLS, handshake per request"),
+    ] {
+        let target = format!("{what}: req/s at least equal to the better peer{who}");
+        let Some(p) = throughput(r, name) else {
+            out.push(not_measured(target));
+            continue;
+        };
+        let s = get(p, me, |x| x.peer);
+        let best = p
+            .iter()
+            .filter(|x| !x.peer.is_sluice())
+            .max_by(|a, b| a.rps.total_cmp(&b.rps));
+        match (s, best) {
+            (Some(s), Some(b)) => out.push(Target {
+                target,
+                measured: format!(
+                    "{} {:.0} req/s, best peer {} {:.0} ({:.2}x)",
+                    me.name(),
+                    s.rps,
+                    b.peer.name(),
+                    b.rps,
+                    s.rps / b.rps
+                ),
+                // Within run-to-run noise (1%) counts as equal.
+                verdict: Verdict::of(s.rps >= 0.99 * b.rps),
+            }),
+            _ => out.push(not_measured(target)),
+        }
+    }
 }
 
 fn not_measured(target: String) -> Target {
