@@ -56,6 +56,19 @@ impl Drop for Cgroup {
     }
 }
 
+/// Polls the admin API's /metrics (up to 5 s) until `ok` holds; returns the last text read.
+async fn metrics_until(gw: &Gateway, ok: impl Fn(&str) -> bool) -> String {
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = gw.admin_get("/metrics").await.unwrap().1;
+        if ok(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metrics
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ip_is_balanced_in_the_kernel_for_the_gateway_cgroup() {
     if let Some(reason) = skip_reason() {
@@ -144,14 +157,7 @@ spec:
     let listener_flows = format!(
         "sluice_ebpf_flows_total{{kind=\"sock_connect\",verdict=\"translated\",service=\"listener tcp:{ip}:9000\"}}"
     );
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = gw.admin_get("/metrics").await.unwrap().1;
-        if metrics.lines().any(|l| l.starts_with(&listener_flows)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = metrics_until(&gw, |m| m.lines().any(|l| l.starts_with(&listener_flows))).await;
     assert!(
         metrics.lines().any(|l| l.starts_with(&listener_flows)),
         "{listener_flows} in\n{}",
@@ -174,13 +180,7 @@ spec:
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
-    for _ in 0..50 {
-        metrics = gw.admin_get("/metrics").await.unwrap().1;
-        if sockmap_msgs(&metrics) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = metrics_until(&gw, |m| sockmap_msgs(m) > 0).await;
     assert!(
         sockmap_msgs(&metrics) > 0,
         "sockmap counters still 0:\n{}",
