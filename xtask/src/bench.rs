@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use std::process::Command;
 
-use crate::test::{ensure_apt, repo_root, run, target_dir};
+use crate::test::{ensure_apt, is_root, repo_root, run, target_dir};
 
 /// Debian packages the benchmark uses: the peers, load generators and tools.
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -105,7 +105,7 @@ pub fn main(args: &[String]) -> Result<()> {
             Ok(()) => {
                 runner
                     .arg("--ebpf-object")
-                    .arg(root.join("target/bpf/sluice.bpf.o"));
+                    .arg(crate::ebpf::object_path(&root));
             }
             Err(e) => eprintln!(
                 "warning: the eBPF object did not build ({e:#}); sluice-ebpf will not be measured"
@@ -117,13 +117,6 @@ pub fn main(args: &[String]) -> Result<()> {
     let status = runner.status().context("starting peer-bench")?;
     anyhow::ensure!(status.success(), "peer-bench failed ({status})");
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn git(root: &std::path::Path, args: &[&str]) -> Result<String> {

@@ -57,12 +57,17 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let profile = if release { "release" } else { "debug" };
     let built = target_dir.join(TARGET).join(profile).join("sluice-ebpf");
-    let out = root.join("target/bpf/sluice.bpf.o");
+    let out = object_path(&root);
     std::fs::create_dir_all(out.parent().expect("has a parent"))?;
     std::fs::copy(&built, &out)
         .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
     println!("eBPF object: {}", out.display());
     Ok(())
+}
+
+/// Where the kernel object goes (and where the loader looks by default).
+pub fn object_path(root: &Path) -> PathBuf {
+    root.join("target/bpf/sluice.bpf.o")
 }
 
 /// The workspace root (xtask lives one level below it).
