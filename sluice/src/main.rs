@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+// The proxy allocates per request (header maps, bodies, futures) and the translator per object;
+// mimalloc serves both faster than glibc's allocator (figures in benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: a Kubernetes gateway and service load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
