@@ -117,6 +117,7 @@ fn main() -> Result<()> {
     let settings = if cli.quick {
         Settings {
             rounds: cli.rounds.unwrap_or(1),
+            p99_rounds: cli.rounds.unwrap_or(1),
             seconds: cli.seconds.unwrap_or(2),
             warmup_seconds: 1,
             reload_trials: 2,
@@ -126,6 +127,8 @@ fn main() -> Result<()> {
     } else {
         Settings {
             rounds: cli.rounds.unwrap_or(3),
+            // An explicit --rounds holds for every scenario.
+            p99_rounds: cli.rounds.unwrap_or(7),
             seconds: cli.seconds.unwrap_or(5),
             warmup_seconds: 1,
             reload_trials: 5,

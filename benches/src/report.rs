@@ -275,49 +275,62 @@ pub fn targets(r: &Report) -> Vec<Target> {
     out
 }
 
+/// `me` on HTTP/1.1 keep-alive with 64 connections against each of `peers` that ran: at least
+/// `ratio` times its req/s with a p99 no higher (medians over the rounds, with their range).
+fn keepalive_target(r: &Report, me: Peer, target: String, ratio: f64, peers: &[Peer]) -> Target {
+    let Some(p) = throughput(r, crate::scenarios::P99_TARGET) else {
+        return not_measured(target);
+    };
+    let others: Vec<&Summary> = p.iter().filter(|x| peers.contains(&x.peer)).collect();
+    let Some(s) = get(p, me, |x| x.peer).filter(|_| !others.is_empty()) else {
+        return not_measured(target);
+    };
+    let mut parts = vec![];
+    let mut ok = true;
+    for o in &others {
+        let rr = s.rps / o.rps;
+        ok &= rr >= ratio && s.p99_ms <= o.p99_ms;
+        let ((s_lo, s_hi), (o_lo, o_hi)) = (s.p99_range(), o.p99_range());
+        parts.push(format!(
+            "{rr:.2}x {} req/s, p99 {:.2} vs {:.2} ms (rounds {s_lo:.2}-{s_hi:.2} vs {o_lo:.2}-{o_hi:.2})",
+            o.peer.name(),
+            s.p99_ms,
+            o.p99_ms
+        ));
+    }
+    Target {
+        target,
+        measured: parts.join("; "),
+        verdict: Verdict::of(ok),
+    }
+}
+
 /// The targets that compare `me` (Sluice, with or without its datapath) with nginx and HAProxy.
 fn peer_targets(r: &Report, me: Peer, out: &mut Vec<Target>) {
     let who = match me {
         Peer::SluiceEbpf => " (Sluice with its eBPF datapath)",
         _ => "",
     };
-    // HTTP/1.1 keep-alive 64: 1.3x req/s of each peer, p99 no higher.
-    {
-        let target = format!(
+    // HTTP/1.1 keep-alive 64, the standalone gateway's target: nginx's req/s, p99 no higher.
+    out.push(keepalive_target(
+        r,
+        me,
+        format!(
+            "HTTP/1.1 keep-alive, 64 connections: req/s >= nginx, p99 no higher (standalone gateway){who}"
+        ),
+        1.0,
+        &[Peer::Nginx],
+    ));
+    // The benchmark target: 1.3x req/s of each peer, p99 no higher.
+    out.push(keepalive_target(
+        r,
+        me,
+        format!(
             "HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x nginx and 1.3x HAProxy, p99 no higher than either{who}"
-        );
-        match throughput(r, "h1-keepalive-64") {
-            Some(p) => {
-                let s = get(p, me, |x| x.peer);
-                let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
-                match s {
-                    Some(s) if !others.is_empty() => {
-                        let mut parts = vec![];
-                        let mut ok = true;
-                        for o in &others {
-                            let rr = s.rps / o.rps;
-                            let pr = s.p99_ms / o.p99_ms;
-                            ok &= rr >= 1.3 && pr <= 1.0;
-                            parts.push(format!(
-                                "{:.2}x {} req/s, p99 {:.2} vs {:.2} ms",
-                                rr,
-                                o.peer.name(),
-                                s.p99_ms,
-                                o.p99_ms
-                            ));
-                        }
-                        out.push(Target {
-                            target,
-                            measured: parts.join("; "),
-                            verdict: Verdict::of(ok),
-                        });
-                    }
-                    _ => out.push(not_measured(target)),
-                }
-            }
-            None => out.push(not_measured(target)),
-        }
-    }
+        ),
+        1.3,
+        &[Peer::Nginx, Peer::Haproxy],
+    ));
     // The same target by CPU per request, which a saturated load generator does not cap.
     {
         let target = format!(
@@ -427,10 +440,17 @@ fn header(r: &Report, s: &mut String) {
         s,
         "Settings: one proxy worker each (Sluice `--workers 1`, nginx `worker_processes 1`, HAProxy \
          `nbthread 1`), keep-alive to clients and a pooled keep-alive upstream, no access log, \
-         X-Forwarded-For/-Proto added by all; {}; {} round(s) of {} s per scenario, peers \
-         alternated (A B C, B C A, ...) after a {} s warm-up each; medians reported. \
-         Run {} with `{}`.",
-        r.pinning, st.rounds, st.seconds, st.warmup_seconds, r.started, r.command
+         X-Forwarded-For/-Proto added by all; {}; {} round(s) of {} s per scenario ({} for {}, \
+         whose p99 is a target), peers alternated (A B C, B C A, ...) after a {} s warm-up each; \
+         medians reported. Run {} with `{}`.",
+        r.pinning,
+        st.rounds,
+        st.seconds,
+        st.rounds.max(st.p99_rounds),
+        crate::scenarios::P99_TARGET,
+        st.warmup_seconds,
+        r.started,
+        r.command
     );
     if !r.tls.is_empty() {
         let _ = writeln!(
@@ -917,7 +937,11 @@ mod tests {
             errors: 0,
             samples: vec![Sample {
                 round: 0,
-                load: LoadResult::default(),
+                load: LoadResult {
+                    rps,
+                    p99_ms: p99,
+                    ..LoadResult::default()
+                },
                 user_us: user,
                 sys_us: sys,
                 proxy_cores: 1.0,
@@ -949,6 +973,7 @@ mod tests {
             },
             settings: Settings {
                 rounds: 3,
+                p99_rounds: 7,
                 seconds: 5,
                 warmup_seconds: 1,
                 reload_trials: 5,
@@ -992,17 +1017,29 @@ mod tests {
             .iter()
             .filter(|t| {
                 t.target
-                    .starts_with("HTTP/1.1 keep-alive, 64 connections: req/s")
+                    .starts_with("HTTP/1.1 keep-alive, 64 connections: req/s >= 1.3x")
             })
             .collect();
         assert_eq!(ka.len(), 2, "{t:?}");
+        // The standalone gateway's target: nginx's req/s (equal counts), p99 no higher (equal).
+        let standalone: Vec<&Target> = t
+            .iter()
+            .filter(|t| t.target.contains("req/s >= nginx, p99 no higher"))
+            .collect();
+        assert_eq!(standalone.len(), 2, "{t:?}");
+        assert_eq!(standalone[0].verdict, Verdict::Met, "{:?}", standalone[0]);
+        assert_eq!(
+            standalone[0].measured,
+            "1.00x nginx req/s, p99 1.00 vs 1.00 ms (rounds 1.00-1.00 vs 1.00-1.00)"
+        );
         assert_eq!(ka[0].verdict, Verdict::Missed);
         assert!(ka[1].target.ends_with("(Sluice with its eBPF datapath)"));
         assert_eq!(ka[1].verdict, Verdict::Met, "{:?}", ka[1]);
         // Compared with nginx and HAProxy, never with the other Sluice.
         assert_eq!(
             ka[1].measured,
-            "1.50x nginx req/s, p99 0.50 vs 1.00 ms; 1.67x haproxy req/s, p99 0.50 vs 2.00 ms"
+            "1.50x nginx req/s, p99 0.50 vs 1.00 ms (rounds 0.50-0.50 vs 1.00-1.00); \
+             1.67x haproxy req/s, p99 0.50 vs 2.00 ms (rounds 0.50-0.50 vs 2.00-2.00)"
         );
         let md = markdown(&r, "");
         assert!(
