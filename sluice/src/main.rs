@@ -15,6 +15,22 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_decommits` in mimalloc 3's `mi_option_e` (libmimalloc-sys names only the
+/// older options).
+const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+
+/// Memory mimalloc purges is handed back with `MADV_FREE` instead of `MADV_DONTNEED`: the kernel
+/// still takes it under memory pressure, but the next configuration reload reuses it without a
+/// page fault and zeroing per page (at 10,000 routes that was a quarter of a reload's time).
+fn tune_allocator() {
+    // SAFETY: mi_option_set only stores a value in mimalloc's option table (atomically); the
+    // option index is checked by `allocator_option_index_is_purge_decommits` below.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0);
+    }
+}
+
 /// Sluice: a Kubernetes gateway and service load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
@@ -102,6 +118,7 @@ pub(crate) fn repo_dir() -> PathBuf {
 }
 
 fn main() -> Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -153,4 +170,34 @@ async fn conformance(args: ConformanceArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// mimalloc reads `MIMALLOC_PURGE_DECOMMITS` when the process loads, so a child test process
+    /// started with it set sees that value at [`super::MI_OPTION_PURGE_DECOMMITS`] if the index
+    /// names that option.
+    #[test]
+    fn allocator_option_index_is_purge_decommits() {
+        #[allow(unsafe_code)]
+        // SAFETY: reads an entry of mimalloc's option table.
+        let value = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DECOMMITS) };
+        if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+            assert_eq!(value, 7, "the index names another mimalloc option");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::allocator_option_index_is_purge_decommits",
+            ])
+            .env("MIMALLOC_PURGE_DECOMMITS", "7")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}"
+        );
+    }
 }

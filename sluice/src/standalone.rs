@@ -38,8 +38,11 @@ pub struct Args {
     pub datapath: crate::datapath::DatapathArgs,
 }
 
-/// How long the directory must be quiet before a reload, and the longest a reload waits.
+/// How long the directory must be quiet before a reload: after a file may have been left
+/// half-written, after a change finished (closed after writing, renamed, removed: this only
+/// gathers the rest of a multi-file change), and the longest a reload waits.
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(15);
+const DEBOUNCE_SETTLED: Duration = Duration::from_millis(5);
 const DEBOUNCE_MAX: Duration = Duration::from_millis(150);
 /// Retry period for listeners that could not bind.
 const BIND_RETRY: Duration = Duration::from_secs(2);
@@ -102,7 +105,7 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         pipeline.datapath = Some(dp);
     }
 
-    let mut changes = watch(&dir, DEBOUNCE_QUIET, DEBOUNCE_MAX)
+    let mut changes = watch(&dir, DEBOUNCE_QUIET, DEBOUNCE_SETTLED, DEBOUNCE_MAX)
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut provider = FileProvider::new(&dir);
     tokio::pin!(shutdown);

@@ -487,19 +487,24 @@ fn split_line(msg: &str) -> Option<(u32, &str)> {
 }
 
 /// Watches `dir` recursively and sends `()` after changes settle: once no event arrived for
-/// `quiet`, or at the latest `max_delay` after the first one. Dropping the receiver stops it.
+/// `quiet` (after an event that can leave a file half-written: created, data written) or for
+/// `settled` (after one that finishes a change: a file closed after writing, renamed into
+/// place, removed; the wait only gathers the rest of a multi-file change), and at the latest
+/// `max_delay` after the first one. Dropping the receiver stops it.
 pub fn watch(
     dir: &Path,
     quiet: Duration,
+    settled: Duration,
     max_delay: Duration,
 ) -> notify::Result<tokio::sync::mpsc::Receiver<()>> {
     use notify::{RecursiveMode, Watcher};
-    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let mut watcher =
         notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
-            Ok(ev) if ev.kind.is_access() => {}
-            Ok(_) => {
-                let _ = raw_tx.send(());
+            Ok(ev) => {
+                if let Some(done) = finishes_change(&ev.kind) {
+                    let _ = raw_tx.send(done);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "file watch error"),
         })?;
@@ -507,13 +512,14 @@ pub fn watch(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let _watcher = watcher; // lives as long as this task
-        while raw_rx.recv().await.is_some() {
+        while let Some(mut done) = raw_rx.recv().await {
             let deadline = tokio::time::Instant::now() + max_delay;
             loop {
-                let wait = tokio::time::sleep(quiet);
+                let wait = tokio::time::sleep(if done { settled } else { quiet });
                 tokio::select! {
                     more = raw_rx.recv() => {
-                        if more.is_none() { return; }
+                        let Some(d) = more else { return };
+                        done = d;
                         if tokio::time::Instant::now() >= deadline { break; }
                     }
                     _ = wait => break,
@@ -526,6 +532,20 @@ pub fn watch(
         }
     });
     Ok(rx)
+}
+
+/// Whether an event finishes a change (`Some(true)`), may leave a file half-written
+/// (`Some(false)`), or changes nothing (`None`: reads, opens, closes after reading).
+fn finishes_change(kind: &notify::EventKind) -> Option<bool> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        | EventKind::Remove(_) => Some(true),
+        _ => Some(false),
+    }
 }
 
 #[cfg(test)]
@@ -775,6 +795,7 @@ spec:
         let mut rx = watch(
             d.path(),
             Duration::from_millis(20),
+            Duration::from_millis(5),
             Duration::from_millis(500),
         )
         .unwrap();
@@ -785,5 +806,40 @@ spec:
             .await
             .expect("a change notification")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn watch_waits_out_a_file_being_written_and_not_a_finished_one() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let quiet = Duration::from_secs(3);
+        let mut rx = watch(d.path(), quiet, Duration::from_millis(5), quiet * 2).unwrap();
+        // Half-written and still open: nothing before `quiet`.
+        let mut f = std::fs::File::create(d.path().join("a.yaml")).unwrap();
+        f.write_all(b"a: ").unwrap();
+        f.flush().unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+        assert!(early.is_err(), "reported while the file was being written");
+        // Closed after writing: reported well before `quiet`.
+        f.write_all(b"1\n").unwrap();
+        drop(f);
+        let waited = next_change(&mut rx).await;
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        // A file renamed into place is finished too.
+        write(d.path(), ".b.tmp", "b: 1\n");
+        next_change(&mut rx).await;
+        std::fs::rename(d.path().join(".b.tmp"), d.path().join("b.yaml")).unwrap();
+        let waited = next_change(&mut rx).await;
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+    }
+
+    /// Waits for the watcher's next report; returns how long that took.
+    async fn next_change(rx: &mut tokio::sync::mpsc::Receiver<()>) -> Duration {
+        let t = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a change notification")
+            .unwrap();
+        t.elapsed()
     }
 }
