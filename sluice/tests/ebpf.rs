@@ -7,7 +7,7 @@
 mod common;
 
 use common::{Gateway, echo, gateway_with_listeners};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +27,36 @@ fn skip_reason() -> Option<String> {
         ));
     }
     None
+}
+
+/// Removes what killed earlier runs of this test left in the kernel: pin directories and
+/// cgroups named after a process that no longer exists. Their pinned links keep the programs
+/// attached, and the sk_lookup one runs for every connection in the network namespace.
+fn reap_stale_runs() {
+    let dead = |name: &std::ffi::OsStr, prefix: &str| {
+        name.to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+    };
+    for e in std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if dead(&e.file_name(), "sluice-standalone-test-") {
+            eprintln!("removing {} (left by a killed run)", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let cgroups = sluice_ebpf_loader::default_cgroup();
+    for e in std::fs::read_dir(cgroups).into_iter().flatten().flatten() {
+        if dead(&e.file_name(), "sluice-standalone-") {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
 }
 
 struct Cgroup(PathBuf);
@@ -75,6 +105,7 @@ async fn cluster_ip_is_balanced_in_the_kernel_for_the_gateway_cgroup() {
         eprintln!("SKIPPED: {reason}");
         return;
     }
+    reap_stale_runs();
     let ip = "127.0.70.1";
     let cgroup = Cgroup(
         sluice_ebpf_loader::default_cgroup()
