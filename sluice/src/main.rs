@@ -22,7 +22,12 @@ const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
 /// Memory mimalloc purges is handed back with `MADV_FREE` instead of `MADV_DONTNEED`: the kernel
 /// still takes it under memory pressure, but the next configuration reload reuses it without a
 /// page fault and zeroing per page (at 10,000 routes that was a quarter of a reload's time).
+/// `MIMALLOC_PURGE_DECOMMITS=1` in the environment keeps mimalloc's default (resident memory
+/// drops at once, as `top` shows it).
 fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only stores a value in mimalloc's option table (atomically); the
     // option index is checked by `allocator_option_index_is_purge_decommits` below.
     #[allow(unsafe_code)]
