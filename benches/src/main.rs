@@ -81,6 +81,7 @@ fn main() -> Result<()> {
         print!("{}", scenarios::list());
         return Ok(());
     }
+    procs::stop_servers_on_signal()?;
     for name in &cli.scenarios {
         if !SCENARIOS.iter().any(|s| s.name == name) {
             bail!(

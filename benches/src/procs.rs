@@ -4,7 +4,55 @@
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Process ids of the servers started and not yet stopped, for [`stop_servers_on_signal`].
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT, SIGTERM or SIGHUP: stops every server still running (SIGTERM, as
+/// [`Server::stop`] does; Sluice with its datapath detaches it then), waits up to 5 s for them,
+/// and exits. Without it a killed run left its backend and proxies holding the benchmark ports.
+pub fn stop_servers_on_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut int, mut term, mut hup) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        let code = rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+                _ = hup.recv() => 129,
+            }
+        });
+        let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        eprintln!("peer-bench: stopping {} server(s) and exiting", pids.len());
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Exited children stay zombies (state Z) until the runner, which is about to exit,
+        // reaps them.
+        let running =
+            |pid: &u32| stat_fields(*pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"));
+        while Instant::now() < deadline && pids.iter().any(running) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::process::exit(code);
+    });
+    Ok(())
+}
 
 /// Which CPUs the proxy under test and the load side (load generator, backend) run on.
 #[derive(Debug, Clone)]
@@ -97,6 +145,9 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(child.id());
+        }
         Ok(Server {
             name: name.to_string(),
             child: Some(child),
@@ -140,6 +191,9 @@ impl Server {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|&p| p != child.id());
+        }
         if matches!(child.try_wait(), Ok(None)) {
             let _ = Command::new("kill")
                 .arg("-TERM")
