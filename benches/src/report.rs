@@ -446,7 +446,7 @@ fn header(r: &Report, s: &mut String) {
         r.pinning,
         st.rounds,
         st.seconds,
-        st.rounds.max(st.p99_rounds),
+        st.rounds_for(crate::scenarios::P99_TARGET),
         crate::scenarios::P99_TARGET,
         st.warmup_seconds,
         r.started,

@@ -263,6 +263,18 @@ pub struct Settings {
     pub quiet_wait_seconds: u64,
 }
 
+impl Settings {
+    /// Rounds of a throughput scenario: [`Settings::rounds`], and at least
+    /// [`Settings::p99_rounds`] for [`P99_TARGET`].
+    pub fn rounds_for(&self, scenario: &str) -> usize {
+        if scenario == P99_TARGET {
+            self.rounds.max(self.p99_rounds)
+        } else {
+            self.rounds
+        }
+    }
+}
+
 /// One throughput run of one peer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -494,11 +506,7 @@ pub fn run(
         proto, path, load, ..
     } = sc.kind
     {
-        let rounds = if sc.name == P99_TARGET {
-            settings.rounds.max(settings.p99_rounds)
-        } else {
-            settings.rounds
-        };
+        let rounds = settings.rounds_for(sc.name);
         return throughput(env, settings, rounds, instances, proto, path, load);
     }
     // On-demand peers (Sluice with its eBPF datapath) sit the other scenarios out: they
