@@ -249,29 +249,10 @@ pub fn targets(r: &Report) -> Vec<Target> {
         }
     }
     // Memory per idle connection below every peer.
-    {
-        let target = "memory per idle connection lower than every peer's".to_string();
-        match memory(r) {
-            Some(p) => match get(p, Peer::Sluice, |x| x.peer) {
-                Some(s) => {
-                    let others: Vec<&MemorySummary> =
-                        p.iter().filter(|x| !x.peer.is_sluice()).collect();
-                    let ok = others.iter().all(|o| s.bytes_per_conn < o.bytes_per_conn);
-                    let mut m = format!("Sluice {:.0} B", s.bytes_per_conn);
-                    for o in others {
-                        let _ = write!(m, ", {} {:.0} B", o.peer.name(), o.bytes_per_conn);
-                    }
-                    out.push(Target {
-                        target,
-                        measured: m,
-                        verdict: Verdict::of(ok),
-                    });
-                }
-                None => out.push(not_measured(target)),
-            },
-            None => out.push(not_measured(target)),
-        }
-    }
+    out.push(memory_target(
+        r,
+        "memory per idle connection lower than every peer's".to_string(),
+    ));
     out
 }
 
@@ -305,6 +286,58 @@ fn keepalive_target(r: &Report, me: Peer, target: String, ratio: f64, peers: &[P
     }
 }
 
+/// `me`'s capacity on HTTP/1.1 keep-alive with 64 connections (req/s per proxy core, the
+/// inverse of CPU per request) against every peer: at least 1.3x each.
+fn cpu_target(r: &Report, me: Peer, target: String) -> Target {
+    let Some(p) = throughput(r, "h1-keepalive-64") else {
+        return not_measured(target);
+    };
+    let Some(s) = get(p, me, |x| x.peer) else {
+        return not_measured(target);
+    };
+    let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
+    let ok = !others.is_empty() && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
+    let measured = others
+        .iter()
+        .map(|o| {
+            format!(
+                "{:.2}x {} ({:.2} vs {:.2} µs/req)",
+                s.capacity() / o.capacity(),
+                o.peer.name(),
+                s.cpu_us(),
+                o.cpu_us()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Target {
+        target,
+        measured,
+        verdict: Verdict::of(ok),
+    }
+}
+
+/// Sluice's memory per idle connection against every peer's: lower than each.
+fn memory_target(r: &Report, target: String) -> Target {
+    let Some(p) = memory(r) else {
+        return not_measured(target);
+    };
+    let Some(s) = get(p, Peer::Sluice, |x| x.peer) else {
+        return not_measured(target);
+    };
+    let others: Vec<&MemorySummary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
+    let ok = others.iter().all(|o| s.bytes_per_conn < o.bytes_per_conn);
+    let mut measured = format!("Sluice {:.0} B", s.bytes_per_conn);
+    for o in others {
+        let _ = write!(measured, ", {} {:.0} B", o.peer.name(), o.bytes_per_conn);
+    }
+    Target {
+        target,
+        measured,
+        verdict: Verdict::of(ok),
+    }
+}
+
 /// The targets that compare `me` (Sluice, with or without its datapath) with nginx and HAProxy.
 fn peer_targets(r: &Report, me: Peer, out: &mut Vec<Target>) {
     let who = match me {
@@ -332,40 +365,13 @@ fn peer_targets(r: &Report, me: Peer, out: &mut Vec<Target>) {
         &[Peer::Nginx, Peer::Haproxy],
     ));
     // The same target by CPU per request, which a saturated load generator does not cap.
-    {
-        let target = format!(
+    out.push(cpu_target(
+        r,
+        me,
+        format!(
             "HTTP/1.1 keep-alive, 64 connections, by CPU per request: req/s per proxy core >= 1.3x nginx and 1.3x HAProxy{who}"
-        );
-        match throughput(r, "h1-keepalive-64") {
-            Some(p) => match get(p, me, |x| x.peer) {
-                Some(s) => {
-                    let others: Vec<&Summary> = p.iter().filter(|x| !x.peer.is_sluice()).collect();
-                    let ok = !others.is_empty()
-                        && others.iter().all(|o| s.capacity() >= 1.3 * o.capacity());
-                    let m = others
-                        .iter()
-                        .map(|o| {
-                            format!(
-                                "{:.2}x {} ({:.2} vs {:.2} µs/req)",
-                                s.capacity() / o.capacity(),
-                                o.peer.name(),
-                                s.cpu_us(),
-                                o.cpu_us()
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    out.push(Target {
-                        target,
-                        measured: m,
-                        verdict: Verdict::of(ok),
-                    });
-                }
-                None => out.push(not_measured(target)),
-            },
-            None => out.push(not_measured(target)),
-        }
-    }
+        ),
+    ));
     // HTTP/2 and TLS: at least equal to the better peer.
     for (name, what) in [
         ("h2c", "HTTP/2 cleartext"),
