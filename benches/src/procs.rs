@@ -35,11 +35,8 @@ pub fn stop_servers_on_signal() -> Result<()> {
         });
         let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
         eprintln!("peer-bench: stopping {} server(s) and exiting", pids.len());
-        for pid in &pids {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+        for &pid in &pids {
+            let _ = kill(pid, "TERM");
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         // Exited children stay zombies (state Z) until the runner, which is about to exit,
@@ -52,6 +49,14 @@ pub fn stop_servers_on_signal() -> Result<()> {
         std::process::exit(code);
     });
     Ok(())
+}
+
+/// `kill -SIG PID`: sends a signal by name (`TERM`, `HUP`, `USR2`, ...).
+fn kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
 }
 
 /// Which CPUs the proxy under test and the load side (load generator, backend) run on.
@@ -176,11 +181,7 @@ impl Server {
 
     /// Sends a signal by name (`HUP`, `USR2`, ...) to the process.
     pub fn signal(&self, sig: &str) -> Result<()> {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()?;
-        if !st.success() {
+        if !kill(self.pid(), sig)?.success() {
             bail!("kill -{sig} {} ({}) failed", self.pid(), self.name);
         }
         Ok(())
@@ -195,10 +196,7 @@ impl Server {
             live.retain(|&p| p != child.id());
         }
         if matches!(child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = kill(child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if matches!(child.try_wait(), Ok(Some(_))) {
