@@ -99,6 +99,14 @@ async fn metrics_until(gw: &Gateway, ok: impl Fn(&str) -> bool) -> String {
     metrics
 }
 
+/// The lines of `text` containing `needle`, for assertion messages.
+fn lines_with(text: &str, needle: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ip_is_balanced_in_the_kernel_for_the_gateway_cgroup() {
     if let Some(reason) = skip_reason() {
@@ -192,11 +200,7 @@ spec:
     assert!(
         metrics.lines().any(|l| l.starts_with(&listener_flows)),
         "{listener_flows} in\n{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("ebpf"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        lines_with(&metrics, "ebpf")
     );
 
     // The kernel counters are published while traffic flows, not only when the configuration
@@ -215,11 +219,7 @@ spec:
     assert!(
         sockmap_msgs(&metrics) > 0,
         "sockmap counters still 0:\n{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("sluice_ebpf_datapath"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        lines_with(&metrics, "sluice_ebpf_datapath")
     );
 
     // SIGTERM: a clean shutdown detaches and unpins.
