@@ -156,7 +156,8 @@ pub struct Env {
     pub pin: Pinning,
     /// The `sluice` binary.
     pub sluice: PathBuf,
-    /// The eBPF object for `sluice-ebpf` (`SLUICE_EBPF_OBJECT`), when it can run here.
+    /// The eBPF object for `sluice-ebpf` (`--ebpf-object`, handed to Sluice as
+    /// `SLUICE_EBPF_OBJECT`), when it can run here.
     pub ebpf_object: Option<PathBuf>,
     /// Self-signed certificate (PEM), `bench.example`.
     pub cert: PathBuf,
