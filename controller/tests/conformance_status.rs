@@ -804,8 +804,14 @@ fn run_test(test: &Value, verbose: bool) -> Result<(usize, usize)> {
 
 #[test]
 fn conformance_status_checks() -> Result<()> {
+    let cases_file = shared().join("cases.yaml");
     let cases: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(shared().join("cases.yaml"))?)?;
+        serde_yaml::from_str(&std::fs::read_to_string(&cases_file).with_context(|| {
+            format!(
+                "reading {} (the shared conformance data must sit beside the checkout, as in CI)",
+                cases_file.display()
+            )
+        })?)?;
     let only = std::env::var("CONFORMANCE_ONLY").ok();
     let verbose = std::env::var_os("CONFORMANCE_VERBOSE").is_some();
     let mut failures = Vec::new();
