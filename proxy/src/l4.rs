@@ -145,6 +145,12 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// The prefix bytes not read yet, and the stream.
+    pub(crate) fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.pos);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

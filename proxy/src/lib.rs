@@ -21,6 +21,7 @@ mod h1client;
 mod http3;
 mod l4;
 pub mod metrics;
+mod park;
 mod phases;
 pub mod router;
 mod server;
@@ -71,6 +72,10 @@ pub struct ProxyOptions {
     /// UDP flows (client addresses) tracked per UDP listener and worker; a new flow beyond
     /// this replaces the one idle the longest (default 16384).
     pub udp_max_flows: usize,
+    /// Called on a worker thread, at most four times a second, after idle connections were parked
+    /// there: for the allocator to return the memory their buffers used (a burst of new
+    /// connections leaves it free but resident otherwise). `None` (default): nothing is called.
+    pub release_memory: Option<fn()>,
 }
 
 impl Default for ProxyOptions {
@@ -83,6 +88,7 @@ impl Default for ProxyOptions {
             max_idle_per_endpoint: 256,
             pool_sweep_interval: Duration::from_secs(5),
             udp_max_flows: 16_384,
+            release_memory: None,
         }
     }
 }
@@ -192,6 +198,7 @@ impl Proxy {
             header_read_timeout: self.inner.opts.header_read_timeout,
             tls_handshake_timeout: self.inner.opts.tls_handshake_timeout,
             udp_max_flows: self.inner.opts.udp_max_flows.max(1),
+            release_memory: self.inner.opts.release_memory,
         };
 
         // Each listener's runtime. A listener whose certificates do not compile keeps its
@@ -249,7 +256,7 @@ impl Proxy {
         for name in removed {
             if let Some(l) = ctl.listeners.remove(&name) {
                 tracing::info!(listener = %name, "listener removed; draining");
-                let _ = l.stop.send(true);
+                l.stop_serving();
                 ctl.draining.push(l);
             }
         }
@@ -416,7 +423,7 @@ impl Proxy {
             .chain(ctl.draining.drain(..))
             .collect();
         for l in &all {
-            let _ = l.stop.send(true);
+            l.stop_serving();
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the data plane (prometheus-client): requests by listener, route,
 //! backend and status code; request latency by listener; upstream connect errors by cluster;
-//! active downstream connections by listener. Request counters are looked up once per worker
+//! active and parked (idle) downstream connections by listener. Request counters are looked up once per worker
 //! and label set, then cached in a thread-local map, so the hot path is one hash of pointers and
 //! one atomic add.
 
@@ -58,6 +58,7 @@ pub struct Metrics {
     duration: Family<OneLabel, Histogram, fn() -> Histogram>,
     connect_errors: Family<OneLabel, Counter>,
     active: Family<OneLabel, Gauge>,
+    parked: Family<OneLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +88,7 @@ impl Metrics {
         );
         let connect_errors = Family::<OneLabel, Counter>::default();
         let active = Family::<OneLabel, Gauge>::default();
+        let parked = Family::<OneLabel, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by listener, route, backend and status code",
@@ -107,12 +109,18 @@ impl Metrics {
             "Open downstream connections, by listener",
             active.clone(),
         );
+        registry.register(
+            "parked_connections",
+            "Idle downstream HTTP/1.1 connections parked without buffers or a task, by listener",
+            parked.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
             connect_errors,
             active,
+            parked,
         }
     }
 
@@ -180,6 +188,12 @@ impl Metrics {
     /// The active connection gauge of a listener.
     pub(crate) fn active(&self, listener: &Arc<str>) -> Gauge {
         self.active
+            .get_or_create_owned(&OneLabel("listener", listener.clone()))
+    }
+
+    /// The parked (idle) connection gauge of a listener.
+    pub(crate) fn parked(&self, listener: &Arc<str>) -> Gauge {
+        self.parked
             .get_or_create_owned(&OneLabel("listener", listener.clone()))
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct ConnSettings {
     pub(crate) tls_handshake_timeout: Duration,
     /// UDP flows kept per listener and worker.
     pub(crate) udp_max_flows: usize,
+    /// See [`crate::ProxyOptions::release_memory`].
+    pub(crate) release_memory: Option<fn()>,
 }
 
 /// A live listener, shared by its accept loops (one per worker) and its connections.
@@ -42,6 +44,8 @@ pub(crate) struct ListenerShared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) latency: Histogram,
     pub(crate) active: Gauge,
+    /// Idle connections parked (see [`crate::park`]).
+    pub(crate) parked: Gauge,
     /// Open connections (all workers).
     pub(crate) connections: AtomicUsize,
     /// `true`: stop accepting and drain connections.
@@ -59,6 +63,7 @@ impl ListenerShared {
         Arc::new(ListenerShared {
             latency: metrics.latency(&name),
             active: metrics.active(&name),
+            parked: metrics.parked(&name),
             name,
             slot: ArcSwap::new(rt),
             metrics,
@@ -66,6 +71,12 @@ impl ListenerShared {
             stop: watch::channel(false).0,
             settings,
         })
+    }
+
+    /// Stops accepting; connections finish their requests and close (parked ones at once).
+    pub(crate) fn stop_serving(&self) {
+        self.stop.send_replace(true);
+        crate::park::listener_stopped();
     }
 }
 
@@ -217,7 +228,7 @@ impl Drop for ConnGuard {
 }
 
 async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: SocketAddr) {
-    let _guard = ConnGuard::new(&shared);
+    let guard = ConnGuard::new(&shared);
     let _ = stream.set_nodelay(true);
     let rt = shared.slot.load_full();
     match rt.protocol {
@@ -227,7 +238,13 @@ async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: Socket
                 Some(h2) => h2,
                 None => return,
             };
-            serve_http(TokioIo::new(stream), h2, conn_ctx(&shared, peer, false)).await;
+            let ctx = conn_ctx(&shared, peer, false);
+            if h2 {
+                serve_http(TokioIo::new(stream), true, ctx).await;
+            } else {
+                // Parks the connection when it goes idle (the guard goes with it).
+                crate::park::serve(stream, ctx, guard).await;
+            }
         }
         ListenerProtocol::Https if rt.sni.is_empty() => {
             let Some(cfg) = rt.tls.as_ref().map(|t| t.tcp.clone()) else {
@@ -260,7 +277,7 @@ async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: Socket
     }
 }
 
-fn conn_ctx(shared: &Arc<ListenerShared>, peer: SocketAddr, tls: bool) -> Arc<ConnCtx> {
+pub(crate) fn conn_ctx(shared: &Arc<ListenerShared>, peer: SocketAddr, tls: bool) -> Arc<ConnCtx> {
     let ip = peer.ip().to_canonical();
     Arc::new(ConnCtx {
         listener: shared.clone(),

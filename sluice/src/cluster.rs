@@ -200,6 +200,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     rt.block_on(async move {
         let proxy = Proxy::start(ProxyOptions {
             workers,
+            release_memory: Some(crate::release_memory),
             ..Default::default()
         })
         .context("starting the proxy")?;

@@ -36,6 +36,23 @@ fn tune_allocator() {
     }
 }
 
+/// The proxy's [`sluice_proxy::ProxyOptions::release_memory`]: after idle connections were
+/// parked, mimalloc returns the memory their buffers used at once, with `MADV_DONTNEED` for this
+/// collection (so resident memory drops after a burst of connections) whatever purges use
+/// otherwise.
+pub(crate) fn release_memory() {
+    // SAFETY: mi_option_get and mi_option_set read and store one entry of mimalloc's option
+    // table; mi_collect frees and purges the calling thread's unused pages and has no
+    // preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        let decommits = libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DECOMMITS);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 1);
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, decommits);
+    }
+}
+
 /// Sluice: a Kubernetes gateway and service load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]

@@ -89,6 +89,7 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let proxy = Proxy::start(ProxyOptions {
         workers,
+        release_memory: Some(crate::release_memory),
         ..Default::default()
     })
     .context("starting the proxy")?;
