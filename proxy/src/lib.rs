@@ -58,7 +58,9 @@ pub struct ProxyOptions {
     /// Proxy worker threads, each with its own runtime and its own socket per listener
     /// (default: one per core).
     pub workers: usize,
-    /// Time a client may take to send a request head on HTTP/1.1 (default 30 s; `None` = none).
+    /// Time a client may take to send a request head on HTTP/1.1, counted from the start of the
+    /// connection or from the end of the previous response, so it also closes connections that
+    /// send nothing and keep-alive connections left idle (default 30 s; `None` = none).
     pub header_read_timeout: Option<Duration>,
     /// Time a TLS handshake may take (default 10 s).
     pub tls_handshake_timeout: Duration,

@@ -234,9 +234,14 @@ async fn serve_conn(shared: Arc<ListenerShared>, stream: TcpStream, peer: Socket
     match rt.protocol {
         ListenerProtocol::Http => {
             drop(rt);
-            let h2 = match sniff_h2(&stream).await {
-                Some(h2) => h2,
-                None => return,
+            // A client that sends nothing gets the header read timeout too.
+            let sniff = sniff_h2(&stream);
+            let h2 = match shared.settings.header_read_timeout {
+                Some(t) => tokio::time::timeout(t, sniff).await.ok().flatten(),
+                None => sniff.await,
+            };
+            let Some(h2) = h2 else {
+                return;
             };
             let ctx = conn_ctx(&shared, peer, false);
             if h2 {

@@ -190,6 +190,21 @@ async fn parked_connections_close_when_the_header_read_timeout_runs_out() {
 }
 
 #[tokio::test]
+async fn a_client_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let (p, _e, port) = proxy(1, Some(Duration::from_millis(800))).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let start = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)).await,
+        "a silent connection is still open after {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() >= Duration::from_millis(700));
+    assert_eq!(gauge(&p, "sluice_active_connections", port), 0);
+    p.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn parked_connections_close_at_once_when_their_listener_goes() {
     let (p, e, port) = proxy(2, Some(Duration::from_secs(30))).await;
     let mut conns = Vec::new();
