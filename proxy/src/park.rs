@@ -3,10 +3,10 @@
 //! [`PARK_AFTER`] periods (100-200 ms); then hyper's connection is taken apart and the socket is
 //! parked: it leaves the runtime (no task, no buffers, no tokio registration) for its worker's
 //! parking lot, where it takes one slot of a few dozen bytes and sits in an epoll set of the
-//! lot's own, waited on by a small thread. When the
-//! client sends its next request (or closes), the lot hands the socket to a new task and a new
-//! hyper connection. A parked connection is closed when the header read timeout, counted from
-//! the start of its idle time, runs out, or when its listener stops.
+//! lot's own, waited on by a small thread. When the client sends its next request (or closes),
+//! the lot hands the socket to a new task and a new hyper connection. A parked connection is
+//! closed when the header read timeout, counted from the start of its idle time, runs out, or
+//! when its listener stops.
 //!
 //! nginx and HAProxy free an idle keep-alive connection's buffers the same way; hyper keeps
 //! them (8 KiB to read, 8 KiB to write, the request future's box) for the connection's life.
