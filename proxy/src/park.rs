@@ -10,6 +10,11 @@
 //!
 //! nginx and HAProxy free an idle keep-alive connection's buffers the same way; hyper keeps
 //! them (8 KiB to read, 8 KiB to write, the request future's box) for the connection's life.
+//!
+//! Not told apart from idleness: a request body still being received after its response
+//! finished, with the client pausing its upload for over a period. That happens only when an
+//! upstream answers before it has read the whole body and the proxy keeps streaming it; the
+//! park then ends the upload (a body dropped unread makes hyper close the connection anyway).
 
 use crate::body::{BoxError, ProxyBody};
 use crate::l4::Prefixed;
