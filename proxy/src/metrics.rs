@@ -1,8 +1,8 @@
 //! Prometheus metrics of the data plane (prometheus-client): requests by listener, route,
 //! backend and status code; request latency by listener; upstream connect errors by cluster;
-//! active and parked (idle) downstream connections by listener. Request counters are looked up once per worker
-//! and label set, then cached in a thread-local map, so the hot path is one hash of pointers and
-//! one atomic add.
+//! active and parked (idle) downstream connections by listener. Request counters are looked up
+//! once per worker and label set, then cached in a thread-local map, so the hot path is one hash
+//! of pointers and one atomic add.
 
 use crate::fxhash::FxHashMap as HashMap;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};

@@ -19,12 +19,11 @@
 use crate::body::{BoxError, ProxyBody};
 use crate::l4::Prefixed;
 use crate::phases::{ConnCtx, handle};
-use crate::server::{ConnGuard, conn_ctx, stopped};
+use crate::server::{ConnGuard, conn_ctx, http1_builder, stopped};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use mio::unix::SourceFd;
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -129,12 +128,9 @@ async fn serve_until_idle(stream: TcpStream, prefix: Vec<u8>, ctx: &Arc<ConnCtx>
             }
         })
     };
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new());
-    b.header_read_timeout(shared.settings.header_read_timeout);
-    // Small responses: one contiguous write beats writev of head and body.
-    b.writev(false);
-    let mut conn = b.serve_connection(io, svc).with_upgrades();
+    let mut conn = http1_builder(&shared.settings)
+        .serve_connection(io, svc)
+        .with_upgrades();
     let mut stop = shared.stop.subscribe();
     let park = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(park);

@@ -439,6 +439,16 @@ async fn sniff_h2(stream: &TcpStream) -> Option<bool> {
     Some(false)
 }
 
+/// hyper's HTTP/1.1 server settings for downstream connections.
+pub(crate) fn http1_builder(settings: &ConnSettings) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new());
+    b.header_read_timeout(settings.header_read_timeout);
+    // Small responses: one contiguous write beats writev of head and body.
+    b.writev(false);
+    b
+}
+
 pub(crate) async fn serve_http<I>(io: TokioIo<I>, h2: bool, ctx: Arc<ConnCtx>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -461,12 +471,9 @@ where
             }
         }
     } else {
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new());
-        b.header_read_timeout(shared.settings.header_read_timeout);
-        // Small responses: one contiguous write beats writev of head and body.
-        b.writev(false);
-        let conn = b.serve_connection(io, svc).with_upgrades();
+        let conn = http1_builder(&shared.settings)
+            .serve_connection(io, svc)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
