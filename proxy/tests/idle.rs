@@ -3,6 +3,7 @@
 //! the client closes, when the header read timeout runs out, and at once when their listener
 //! is removed; parking lets the allocator return the freed memory.
 
+use sluice_ir::Snapshot;
 use sluice_proxy::test_util::*;
 use sluice_proxy::{Proxy, ProxyOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,16 +29,32 @@ async fn proxy_with(opts: ProxyOptions) -> (Proxy, Echo, u16) {
     let e = echo("p").await;
     let port = free_port();
     let p = Proxy::start(opts).expect("start");
-    let s = snapshot(
+    let r = p.apply(catch_all(port, &e)).await;
+    assert!(r.applied && r.listener_errors.is_empty(), "{r:?}");
+    (p, e, port)
+}
+
+/// One listener on `port` whose single route sends everything to `e`.
+fn catch_all(port: u16, e: &Echo) -> Snapshot {
+    snapshot(
         vec![http_listener(
             port,
             vec![vhost("*", vec![route("r").backend("c", 1).build()])],
         )],
         vec![cluster("c", &[e.addr])],
-    );
-    let r = p.apply(s).await;
-    assert!(r.applied && r.listener_errors.is_empty(), "{r:?}");
-    (p, e, port)
+    )
+}
+
+/// `n` connections to `port`, each having been answered 200 for one request.
+async fn served(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (head, _) = get_on(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        conns.push(s);
+    }
+    conns
 }
 
 /// Reads one response with a Content-Length body; returns (head, body).
@@ -98,13 +115,7 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test]
 async fn idle_connections_are_parked_and_serve_their_next_request() {
     let (p, _e, port) = proxy(2, Some(Duration::from_secs(30))).await;
-    let mut conns = Vec::new();
-    for _ in 0..50 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (head, _) = get_on(&mut s).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        conns.push(s);
-    }
+    let mut conns = served(port, 50).await;
     tokio::time::sleep(PARKED).await;
     assert_eq!(gauge(&p, "sluice_parked_connections", port), 50);
     assert_eq!(gauge(&p, "sluice_active_connections", port), 50);
@@ -207,25 +218,12 @@ async fn a_client_that_sends_nothing_is_closed_after_the_header_read_timeout() {
 #[tokio::test]
 async fn parked_connections_close_at_once_when_their_listener_goes() {
     let (p, e, port) = proxy(2, Some(Duration::from_secs(30))).await;
-    let mut conns = Vec::new();
-    for _ in 0..10 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        assert!(get_on(&mut s).await.0.starts_with("HTTP/1.1 200"));
-        conns.push(s);
-    }
+    let mut conns = served(port, 10).await;
     tokio::time::sleep(PARKED).await;
     assert_eq!(gauge(&p, "sluice_parked_connections", port), 10);
     // A snapshot with another listener only: this one drains, and parked connections have
     // nothing in flight, so they close without waiting for the lot's next sweep.
-    let other = free_port();
-    let s = snapshot(
-        vec![http_listener(
-            other,
-            vec![vhost("*", vec![route("r").backend("c", 1).build()])],
-        )],
-        vec![cluster("c", &[e.addr])],
-    );
-    assert!(p.apply(s).await.applied);
+    assert!(p.apply(catch_all(free_port(), &e)).await.applied);
     for s in &mut conns {
         assert!(
             closed_within(s, Duration::from_millis(500)).await,
@@ -250,12 +248,7 @@ async fn the_allocator_is_asked_to_return_memory_after_connections_are_parked() 
         ..Default::default()
     })
     .await;
-    let mut conns = Vec::new();
-    for _ in 0..5 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        assert!(get_on(&mut s).await.0.starts_with("HTTP/1.1 200"));
-        conns.push(s);
-    }
+    let mut conns = served(port, 5).await;
     // Parked after at most 200 ms; the lot's next sweep (every 250 ms) calls the hook (twice
     // if the parks straddle a sweep).
     tokio::time::sleep(PARKED).await;
