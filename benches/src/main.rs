@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     let settings = if cli.quick {
         Settings {
             rounds: cli.rounds.unwrap_or(1),
-            p99_rounds: cli.rounds.unwrap_or(1),
+            target_rounds: cli.rounds.unwrap_or(1),
             seconds: cli.seconds.unwrap_or(2),
             warmup_seconds: 1,
             reload_trials: 2,
@@ -129,7 +129,7 @@ fn main() -> Result<()> {
         Settings {
             rounds: cli.rounds.unwrap_or(3),
             // An explicit --rounds holds for every scenario.
-            p99_rounds: cli.rounds.unwrap_or(7),
+            target_rounds: cli.rounds.unwrap_or(7),
             seconds: cli.seconds.unwrap_or(5),
             warmup_seconds: 1,
             reload_trials: 5,
@@ -257,20 +257,66 @@ fn run(
     let mut results = vec![];
     let mut tls = vec![];
     let mut current: Option<Instances> = None;
-    for sc in selected {
+    let mut done: Vec<&str> = vec![];
+    for (at, sc) in selected.iter().enumerate() {
+        if done.contains(&sc.name) {
+            continue;
+        }
+        // Scenarios compared with each other run together, round by round.
+        let together: Vec<&scenarios::Scenario> = scenarios::ALTERNATED
+            .iter()
+            .find(|pair| pair[0] == sc.name)
+            .map(|pair| {
+                selected[at..]
+                    .iter()
+                    .filter(|s| pair.contains(&s.name))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if together.len() > 1 {
+            let names: Vec<&str> = together.iter().map(|s| s.name).collect();
+            eprintln!("==> {}: alternated round by round", names.join(" + "));
+            for s in &together {
+                eprintln!("    {}: {}", s.name, s.title);
+            }
+            let layouts: Vec<Layout> = together.iter().map(|s| scenarios::layout(s)).collect();
+            current = None; // stops the previous instances first (same ports)
+            let outcomes = Instances::start(env, peers, &layouts).and_then(|mut both| {
+                scenarios::run_alternated(env, &together, settings, &mut both)
+            });
+            let outcomes = match outcomes {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("    FAILED: {e:#}");
+                    let error = format!("{e:#}");
+                    together
+                        .iter()
+                        .map(|_| Outcome::Failed {
+                            error: error.clone(),
+                        })
+                        .collect()
+                }
+            };
+            for (s, outcome) in together.iter().zip(outcomes) {
+                results.push(ScenarioResult {
+                    name: s.name.into(),
+                    title: s.title.into(),
+                    outcome,
+                });
+            }
+            done.extend(names);
+            continue;
+        }
         eprintln!("==> {}: {}", sc.name, sc.title);
-        let layout = match sc.kind {
-            Kind::Throughput { layout, .. } => layout,
-            Kind::Reload { routes } => Layout::Routes(routes),
-            Kind::IdleMemory { .. } | Kind::Http3 { .. } => Layout::Base,
-        };
+        let layout = scenarios::layout(sc);
         let outcome = (|| -> Result<Outcome> {
             // Idle memory is measured on fresh processes: memory a proxy kept from earlier
             // scenarios (allocator caches, grown pools) would hide the per-connection cost.
             let fresh = matches!(sc.kind, Kind::IdleMemory { .. });
-            if fresh || current.as_ref().map(|c| c.layout) != Some(layout) {
+            if fresh || current.as_ref().map(|c| c.layouts.as_slice()) != Some(&[layout]) {
                 current = None; // stops the previous instances first (same ports)
-                let mut started = Instances::start(env, peers, layout)?;
+                let mut started = Instances::start(env, peers, &[layout])?;
                 if layout == Layout::Base && tls.is_empty() {
                     for inst in &mut started.list {
                         let info =
@@ -350,8 +396,9 @@ fn raise_nofile(n: u64) -> u64 {
 }
 
 fn check_ports_free() -> Result<()> {
-    let mut ports = vec![peers::BACKEND_PORT, 28901, 28902, 28903, 28904];
-    for base in [28100u16, 28200] {
+    let mut ports = vec![peers::BACKEND_PORT];
+    ports.extend(28901..=28906);
+    for base in [28100u16, 28200, 28300] {
         for p in 0..4 {
             for k in 0..3 {
                 ports.push(base + 10 * p + k);

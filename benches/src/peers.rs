@@ -77,13 +77,10 @@ impl Peer {
     /// Admin API port of a Sluice instance.
     fn admin_port(self, layout: Layout) -> u16 {
         let base = match self {
-            Peer::SluiceEbpf => 28903,
+            Peer::SluiceEbpf => 28904,
             _ => 28901,
         };
-        match layout {
-            Layout::Base => base,
-            Layout::Routes(_) => base + 1,
-        }
+        base + layout.slot()
     }
 }
 
@@ -99,6 +96,19 @@ pub enum Layout {
     Base,
     /// `n` routes, route i for host `r{i}.bench.example`; unknown hosts get 404. HTTP only.
     Routes(usize),
+}
+
+impl Layout {
+    /// Which block of ports (and which admin port) instances of this layout use: a small and
+    /// a large route table run side by side when they are alternated (see
+    /// [`crate::scenarios::ALTERNATED`]).
+    pub fn slot(self) -> u16 {
+        match self {
+            Layout::Base => 0,
+            Layout::Routes(n) if n > 100 => 1,
+            Layout::Routes(_) => 2,
+        }
+    }
 }
 
 /// The host of route `i` in a [`Layout::Routes`] instance.
@@ -129,10 +139,7 @@ pub const LARGE_BODY: usize = 100 * 1024;
 impl Ports {
     /// The ports of `peer` serving `layout`.
     pub fn of(peer: Peer, layout: Layout) -> Ports {
-        let base = match layout {
-            Layout::Base => 28100,
-            Layout::Routes(_) => 28200,
-        } + 10 * peer.index();
+        let base = 28100 + 100 * layout.slot() + 10 * peer.index();
         let (h2c, https) = match peer {
             // Sluice serves HTTP/1.1 and h2c prior knowledge on one port (it sniffs the preface).
             Peer::Sluice | Peer::SluiceEbpf => (base, base + 1),

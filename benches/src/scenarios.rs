@@ -252,9 +252,11 @@ pub struct Settings {
     pub seconds: u64,
     /// Seconds of warm-up load per peer before a throughput scenario's rounds.
     pub warmup_seconds: u64,
-    /// Rounds of [`P99_TARGET`] at least: its p99 is compared against the peers', and p99 on
-    /// this machine moves more between rounds (1.6 to 3.7 ms for nginx in one run) than req/s.
-    pub p99_rounds: usize,
+    /// Rounds at least of [`P99_TARGET`] and of the [`ALTERNATED`] scenarios: the first's p99
+    /// is compared against the peers', and p99 on this machine moves more between rounds (1.6
+    /// to 3.7 ms for nginx in one run) than req/s; the second's ratio of CPU per request is a
+    /// target within 10%, and single runs move by about as much.
+    pub target_rounds: usize,
     /// Route-change trials per peer.
     pub reload_trials: usize,
     /// Idle-memory rounds per peer.
@@ -265,10 +267,10 @@ pub struct Settings {
 
 impl Settings {
     /// Rounds of a throughput scenario: [`Settings::rounds`], and at least
-    /// [`Settings::p99_rounds`] for [`P99_TARGET`].
+    /// [`Settings::target_rounds`] for [`P99_TARGET`] and the [`ALTERNATED`] scenarios.
     pub fn rounds_for(&self, scenario: &str) -> usize {
-        if scenario == P99_TARGET {
-            self.rounds.max(self.p99_rounds)
+        if scenario == P99_TARGET || ALTERNATED.iter().any(|pair| pair.contains(&scenario)) {
+            self.rounds.max(self.target_rounds)
         } else {
             self.rounds
         }
@@ -472,28 +474,39 @@ pub struct ScenarioResult {
     pub outcome: Outcome,
 }
 
-/// Running instances of one layout, one per peer.
+/// Running instances, one per peer for each layout.
 #[derive(Debug)]
 pub struct Instances {
-    /// The layout.
-    pub layout: Layout,
-    /// One per peer, in peer order.
+    /// The layouts, in start order.
+    pub layouts: Vec<Layout>,
+    /// One per peer and layout: every peer of the first layout in peer order, then the next.
     pub list: Vec<Instance>,
 }
 
 impl Instances {
-    /// Starts every peer with `layout`.
-    pub fn start(env: &Env, peers: &[Peer], layout: Layout) -> Result<Instances> {
+    /// Starts every peer with each of `layouts` (side by side: their ports differ).
+    pub fn start(env: &Env, peers: &[Peer], layouts: &[Layout]) -> Result<Instances> {
         let mut list = Vec::new();
-        for &p in peers {
-            eprintln!("  starting {} ({layout:?})", p.name());
-            let inst = Instance::start(env, p, layout)?;
-            eprintln!("    serving after {:.0} ms", inst.startup_ms);
-            list.push(inst);
+        for &layout in layouts {
+            for &p in peers {
+                eprintln!("  starting {} ({layout:?})", p.name());
+                let inst = Instance::start(env, p, layout)?;
+                eprintln!("    serving after {:.0} ms", inst.startup_ms);
+                list.push(inst);
+            }
         }
-        Ok(Instances { layout, list })
+        Ok(Instances {
+            layouts: layouts.to_vec(),
+            list,
+        })
     }
 }
+
+/// Throughput scenarios measured together: each round runs every peer's legs back to back
+/// (in turns first), so drift between rounds cancels out of the comparison between them.
+/// The per-request cost at 10,000 routes is a target relative to 10 routes, and measured
+/// minutes apart the two moved by more than the 10% it allows.
+pub const ALTERNATED: &[[&str; 2]] = &[["routes-10", "routes-10000"]];
 
 /// Runs one scenario on `instances` (already started with the scenario's layout).
 pub fn run(
@@ -502,12 +515,11 @@ pub fn run(
     settings: &Settings,
     instances: &mut Instances,
 ) -> Result<Outcome> {
-    if let Kind::Throughput {
-        proto, path, load, ..
-    } = sc.kind
-    {
+    if let Kind::Throughput { .. } = sc.kind {
         let rounds = settings.rounds_for(sc.name);
-        return throughput(env, settings, rounds, instances, proto, path, load);
+        let legs = [Leg::of(env, sc)?];
+        let mut out = throughput(env, settings, rounds, instances, &legs)?;
+        return Ok(out.remove(0));
     }
     // On-demand peers (Sluice with its eBPF datapath) sit the other scenarios out: they
     // measure the same proxy as `sluice`.
@@ -528,6 +540,35 @@ pub fn run(
     instances.list.extend(on_demand);
     instances.list.sort_by_key(|i| i.peer);
     r
+}
+
+/// Runs throughput scenarios together (see [`ALTERNATED`]) on `instances`, started with
+/// each scenario's layout; one outcome per scenario, in order.
+pub fn run_alternated(
+    env: &Env,
+    scs: &[&Scenario],
+    settings: &Settings,
+    instances: &mut Instances,
+) -> Result<Vec<Outcome>> {
+    let legs = scs
+        .iter()
+        .map(|sc| Leg::of(env, sc))
+        .collect::<Result<Vec<_>>>()?;
+    let rounds = scs
+        .iter()
+        .map(|sc| settings.rounds_for(sc.name))
+        .max()
+        .unwrap_or(settings.rounds);
+    throughput(env, settings, rounds, instances, &legs)
+}
+
+/// The layout a scenario's instances serve.
+pub fn layout(sc: &Scenario) -> Layout {
+    match sc.kind {
+        Kind::Throughput { layout, .. } => layout,
+        Kind::Reload { routes } => Layout::Routes(routes),
+        Kind::IdleMemory { .. } | Kind::Http3 { .. } => Layout::Base,
+    }
 }
 
 fn url(inst: &Instance, proto: Proto, path: &str) -> String {
@@ -568,30 +609,60 @@ end
     Ok(path)
 }
 
+/// One throughput scenario's load on instances of its layout.
+struct Leg {
+    layout: Layout,
+    proto: Proto,
+    path: &'static str,
+    tool: Tool,
+}
+
+impl Leg {
+    fn of(env: &Env, sc: &Scenario) -> Result<Leg> {
+        let Kind::Throughput {
+            layout,
+            proto,
+            path,
+            load,
+        } = sc.kind
+        else {
+            bail!("{} is not a throughput scenario", sc.name);
+        };
+        let tool = match load {
+            Load::Wrk {
+                conns,
+                close,
+                routes,
+            } => Tool::Wrk {
+                conns,
+                close,
+                script: routes.map(|n| routes_script(&env.tmp, n)).transpose()?,
+            },
+            Load::H2load { conns, streams } => Tool::H2load { conns, streams },
+        };
+        Ok(Leg {
+            layout,
+            proto,
+            path,
+            tool,
+        })
+    }
+}
+
+/// Runs `legs` for `rounds` rounds: in each round the peers take turns (A B C, B C A, ...),
+/// and each peer runs every leg back to back (in order in even rounds, reversed in odd ones).
+/// One outcome per leg.
 fn throughput(
     env: &Env,
     settings: &Settings,
     rounds: usize,
     instances: &mut Instances,
-    proto: Proto,
-    path: &str,
-    load: Load,
-) -> Result<Outcome> {
-    let tool = match load {
-        Load::Wrk {
-            conns,
-            close,
-            routes,
-        } => Tool::Wrk {
-            conns,
-            close,
-            script: routes.map(|n| routes_script(&env.tmp, n)).transpose()?,
-        },
-        Load::H2load { conns, streams } => Tool::H2load { conns, streams },
-    };
+    legs: &[Leg],
+) -> Result<Vec<Outcome>> {
     // What the client sees must be the backend's response, through every peer.
-    let check = |inst: &Instance| -> Result<()> {
-        if proto == Proto::Http && inst.layout == Layout::Base {
+    let check = |inst: &Instance, leg: &Leg| -> Result<()> {
+        if leg.proto == Proto::Http && inst.layout == Layout::Base {
+            let path = leg.path;
             let (code, body) = client::fetch_body(inst.http_addr(), "bench.example", path)?;
             let want = if path == "/100k" { LARGE_BODY } else { 64 };
             if code != 200 || body.len() != want {
@@ -604,54 +675,80 @@ fn throughput(
         }
         Ok(())
     };
-    let warm_up = |inst: &mut Instance| -> Result<()> {
+    let warm_up = |inst: &mut Instance, leg: &Leg| -> Result<()> {
         inst.server.check_alive()?;
-        tool.run(
-            &env.pin,
-            &url(inst, proto, path),
-            settings.warmup_seconds,
-            &env.tmp,
-        )
-        .with_context(|| format!("warm-up of {}", inst.peer.name()))?;
+        leg.tool
+            .run(
+                &env.pin,
+                &url(inst, leg.proto, leg.path),
+                settings.warmup_seconds,
+                &env.tmp,
+            )
+            .with_context(|| format!("warm-up of {}", inst.peer.name()))?;
         Ok(())
     };
+    let leg_of = |inst: &Instance| legs.iter().find(|l| l.layout == inst.layout);
     for inst in &mut instances.list {
-        if !inst.peer.on_demand() {
-            check(inst)?;
-            warm_up(inst)?;
+        if let Some(leg) = leg_of(inst)
+            && !inst.peer.on_demand()
+        {
+            check(inst, leg)?;
+            warm_up(inst, leg)?;
         }
     }
-    let n = instances.list.len();
-    let mut samples: Vec<Vec<Sample>> = vec![vec![]; n];
+    let mut peers: Vec<Peer> = Vec::new();
+    for inst in &instances.list {
+        if !peers.contains(&inst.peer) {
+            peers.push(inst.peer);
+        }
+    }
+    let n = peers.len();
+    let mut samples: Vec<Vec<Sample>> = vec![vec![]; instances.list.len()];
     for round in 0..rounds {
-        // A B C, B C A, C A B, ...: each peer meets drift at every position.
         for k in 0..n {
-            let i = (round + k) % n;
-            let inst = &mut instances.list[i];
-            let u = url(inst, proto, path);
-            let label = inst.peer.name();
-            // An on-demand peer runs only for its own runs, warmed up each time.
-            let on_demand = inst.peer.on_demand();
-            let sample = inst.while_running(env, |inst| {
-                if on_demand {
-                    check(inst)?;
-                    warm_up(inst)?;
-                }
-                measure(env, settings, inst, &tool, &u, round, label)
-            })?;
-            samples[i].push(sample);
+            let peer = peers[(round + k) % n];
+            let mut order: Vec<&Leg> = legs.iter().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for leg in order {
+                let i = instances
+                    .list
+                    .iter()
+                    .position(|x| x.peer == peer && x.layout == leg.layout)
+                    .with_context(|| format!("no {} instance for {:?}", peer.name(), leg.layout))?;
+                let inst = &mut instances.list[i];
+                let u = url(inst, leg.proto, leg.path);
+                let label = match legs.len() {
+                    1 => inst.peer.name().to_string(),
+                    _ => format!("{} {:?}", inst.peer.name(), leg.layout),
+                };
+                // An on-demand peer runs only for its own runs, warmed up each time.
+                let on_demand = inst.peer.on_demand();
+                let sample = inst.while_running(env, |inst| {
+                    if on_demand {
+                        check(inst, leg)?;
+                        warm_up(inst, leg)?;
+                    }
+                    measure(env, settings, inst, &leg.tool, &u, round, &label)
+                })?;
+                samples[i].push(sample);
+            }
         }
     }
-    let peers = instances
-        .list
+    Ok(legs
         .iter()
-        .zip(samples)
-        .map(|(inst, s)| Summary::of(inst.peer, s))
-        .collect();
-    Ok(Outcome::Throughput {
-        tool: tool.describe(),
-        peers,
-    })
+        .map(|leg| Outcome::Throughput {
+            tool: leg.tool.describe(),
+            peers: instances
+                .list
+                .iter()
+                .zip(&samples)
+                .filter(|(inst, _)| inst.layout == leg.layout)
+                .map(|(inst, s)| Summary::of(inst.peer, s.clone()))
+                .collect(),
+        })
+        .collect())
 }
 
 /// One measured run of `tool` against `url` served by `inst`: waits for a quiet machine, then
@@ -1004,10 +1101,40 @@ mod tests {
             assert!(names.insert(sc.name), "duplicate {}", sc.name);
         }
         // Reload scenarios follow the throughput scenario of the same route count, so the
-        // route table is loaded once.
+        // route table is loaded once when that scenario runs alone (not alternated).
         let pos = |n: &str| SCENARIOS.iter().position(|s| s.name == n).unwrap();
         assert_eq!(pos("reload-10"), pos("routes-10") + 1);
         assert_eq!(pos("reload-10000"), pos("routes-10000") + 1);
+    }
+
+    #[test]
+    fn alternated_scenarios_are_throughput_runs_whose_instances_can_run_side_by_side() {
+        for pair in ALTERNATED {
+            let scs: Vec<&Scenario> = pair
+                .iter()
+                .map(|n| {
+                    SCENARIOS
+                        .iter()
+                        .find(|s| s.name == *n)
+                        .expect("known scenario")
+                })
+                .collect();
+            assert!(
+                scs.iter()
+                    .all(|s| matches!(s.kind, Kind::Throughput { .. })),
+                "{pair:?}"
+            );
+            let (a, b) = (layout(scs[0]), layout(scs[1]));
+            assert_ne!(a.slot(), b.slot(), "{pair:?} would share ports");
+            for peer in [Peer::Sluice, Peer::SluiceEbpf, Peer::Nginx, Peer::Haproxy] {
+                let (pa, pb) = (
+                    crate::peers::Ports::of(peer, a),
+                    crate::peers::Ports::of(peer, b),
+                );
+                let ports = |p: crate::peers::Ports| [p.http, p.h2c, p.https];
+                assert!(ports(pa).iter().all(|p| !ports(pb).contains(p)), "{pair:?}");
+            }
+        }
     }
 
     /// Runs wrk with the generated script against a tiny server that records Host headers.
