@@ -743,9 +743,9 @@ fn throughput(
             peers: instances
                 .list
                 .iter()
-                .zip(&samples)
+                .zip(&mut samples)
                 .filter(|(inst, _)| inst.layout == leg.layout)
-                .map(|(inst, s)| Summary::of(inst.peer, s.clone()))
+                .map(|(inst, s)| Summary::of(inst.peer, std::mem::take(s)))
                 .collect(),
         })
         .collect())
