@@ -2,6 +2,10 @@
 //! paths), compiled from IR exactly as the proxy compiles a listener. The lookup is a host hash
 //! lookup plus the virtual host's path index, so both sizes should cost about the same.
 
+// The `sluice` binary allocates with mimalloc; so do its benchmarks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
 use sluice_ir::*;

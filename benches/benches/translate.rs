@@ -2,7 +2,12 @@
 //! is generated: one Gateway with an HTTP and an HTTPS listener, routes spread over 10
 //! namespaces, each with its own hostname, two rules (an exact path and a prefix with a header
 //! match and a header modifier) and its own Service with an EndpointSlice of three endpoints,
-//! plus one catch-all route without hostname.
+//! plus one catch-all route without hostname. `translate-one-service` is the peer benchmark's
+//! route table: one listener, routes of one hostname and one rule, all to one Service.
+
+// The `sluice` binary allocates with mimalloc; so do its benchmarks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -42,8 +47,8 @@ fn route(i: usize, ns: &str) -> Value {
     })
 }
 
-/// A store with `n` HTTPRoutes.
-fn store(n: usize) -> Resources {
+/// A store with the GatewayClass `sluice`, of Sluice's controller.
+fn with_class() -> Resources {
     let mut res = Resources::default();
     insert(
         &mut res,
@@ -51,6 +56,12 @@ fn store(n: usize) -> Resources {
                "metadata": {"name": "sluice"},
                "spec": {"controllerName": sluice_controller::CONTROLLER_NAME}}),
     );
+    res
+}
+
+/// A store with `n` HTTPRoutes.
+fn store(n: usize) -> Resources {
+    let mut res = with_class();
     insert(
         &mut res,
         json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -114,6 +125,46 @@ fn store(n: usize) -> Resources {
     res
 }
 
+/// The route table of the peer benchmark's `reload-*` and `routes-*` scenarios: one Gateway
+/// with one HTTP listener, `n` HTTPRoutes with one hostname and one rule each, all sending to
+/// one Service.
+fn one_service_store(n: usize) -> Resources {
+    let mut res = with_class();
+    insert(
+        &mut res,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "bench", "namespace": "default"},
+               "spec": {"gatewayClassName": "sluice", "listeners": [
+                   {"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    );
+    insert(
+        &mut res,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "backend", "namespace": "default"},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    );
+    insert(
+        &mut res,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "backend-local", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "backend"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": 8080}],
+               "endpoints": [{"addresses": ["127.0.0.1"]}]}),
+    );
+    for i in 0..n {
+        insert(
+            &mut res,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": format!("r{i}"), "namespace": "default"},
+                   "spec": {"parentRefs": [{"name": "bench"}],
+                            "hostnames": [format!("r{i}.bench.example")],
+                            "rules": [{"backendRefs": [{"name": "backend", "port": 80}]}]}}),
+        );
+    }
+    res
+}
+
 fn bench_translate(c: &mut Criterion) {
     let opts = TranslateOptions::default();
     let mut group = c.benchmark_group("translate");
@@ -147,6 +198,24 @@ fn bench_translate(c: &mut Criterion) {
             })
             .count();
         assert_eq!(accepted, n + 1);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &res, |b, res| {
+            b.iter(|| black_box(translate(black_box(res), &opts)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("translate-one-service");
+    group.sample_size(20);
+    for n in [10usize, 10_000] {
+        let res = one_service_store(n);
+        let t = translate(&res, &opts);
+        let hosts = t
+            .snapshot
+            .listeners
+            .iter()
+            .map(|l| l.virtual_hosts.len())
+            .sum::<usize>();
+        assert_eq!(hosts, n, "one virtual host per route");
         group.bench_with_input(BenchmarkId::from_parameter(n), &res, |b, res| {
             b.iter(|| black_box(translate(black_box(res), &opts)))
         });
