@@ -17,7 +17,7 @@ mod validate;
 pub use http::*;
 pub use l4::*;
 pub use tls::*;
-pub use validate::ValidationError;
+pub use validate::{FieldPath, ValidationError};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

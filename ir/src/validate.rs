@@ -23,46 +23,68 @@ impl fmt::Display for ValidationError {
     }
 }
 
+/// The path of a field in a snapshot, as errors name it
+/// (`listeners[tcp:127.0.0.1:80].virtualHosts[foo.com].routes[2]`), put together only when
+/// an error is reported: checking or compiling a 10,000-route listener would otherwise format
+/// several paths per route that no one reads.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldPath<'a> {
+    /// A path given whole, such as `listeners[tcp:127.0.0.1:80]`.
+    Root(&'a str),
+    /// `parent.field[index]`.
+    Index(&'a FieldPath<'a>, &'static str, usize),
+    /// `parent.field[key]`.
+    Key(&'a FieldPath<'a>, &'static str, &'a str),
+}
+
+impl fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldPath::Root(p) => f.write_str(p),
+            FieldPath::Index(parent, field, i) => write!(f, "{parent}.{field}[{i}]"),
+            FieldPath::Key(parent, field, k) => write!(f, "{parent}.{field}[{k}]"),
+        }
+    }
+}
+
 struct Checker<'a> {
     snapshot: &'a Snapshot,
     errors: Vec<ValidationError>,
 }
 
 impl Checker<'_> {
-    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    fn err(&mut self, path: impl ToString, message: impl Into<String>) {
         self.errors.push(ValidationError {
-            path: path.into(),
+            path: path.to_string(),
             message: message.into(),
         });
     }
 
-    fn backends(&mut self, path: &str, backends: &[WeightedBackend]) {
+    fn backends(&mut self, path: &FieldPath<'_>, backends: &[WeightedBackend]) {
         for (i, b) in backends.iter().enumerate() {
+            let bpath = FieldPath::Index(path, "backends", i);
             if let Some(c) = &b.cluster
                 && self.snapshot.cluster(c).is_none()
             {
-                self.err(
-                    format!("{path}.backends[{i}]"),
-                    format!("unknown cluster {c:?}"),
-                );
+                self.err(bpath, format!("unknown cluster {c:?}"));
             }
-            self.filters(&format!("{path}.backends[{i}]"), &b.filters, None);
+            self.filters(&bpath, &b.filters, None);
         }
     }
 
-    fn regex(&mut self, path: &str, re: &str) {
+    fn regex(&mut self, path: &FieldPath<'_>, re: &str) {
         if let Err(e) = regex::Regex::new(re) {
             self.err(path, format!("invalid regular expression {re:?}: {e}"));
         }
     }
 
-    fn string_match(&mut self, path: &str, m: &StringMatch) {
+    fn string_match(&mut self, path: &FieldPath<'_>, m: &StringMatch) {
         if let StringMatch::Regex(re) = m {
             self.regex(path, re);
         }
     }
 
-    fn header_name(&mut self, path: &str, name: &str) {
+    fn header_name(&mut self, path: &FieldPath<'_>, name: &str) {
         let ok = !name.is_empty()
             && name.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -75,9 +97,14 @@ impl Checker<'_> {
         }
     }
 
-    fn filters(&mut self, path: &str, filters: &[HttpFilter], route_path: Option<&PathMatch>) {
+    fn filters(
+        &mut self,
+        path: &FieldPath<'_>,
+        filters: &[HttpFilter],
+        route_path: Option<&PathMatch>,
+    ) {
         for (i, f) in filters.iter().enumerate() {
-            let p = format!("{path}.filters[{i}]");
+            let p = FieldPath::Index(path, "filters", i);
             match f {
                 HttpFilter::RequestHeaderModifier(m) | HttpFilter::ResponseHeaderModifier(m) => {
                     for h in m.set.iter().chain(&m.add) {
@@ -89,13 +116,13 @@ impl Checker<'_> {
                 }
                 HttpFilter::RequestRedirect(r) => {
                     if ![301, 302, 303, 307, 308].contains(&r.status_code) {
-                        self.err(&p, format!("redirect status {} not allowed", r.status_code));
+                        self.err(p, format!("redirect status {} not allowed", r.status_code));
                     }
                     if let Some(s) = &r.scheme
                         && s != "http"
                         && s != "https"
                     {
-                        self.err(&p, format!("redirect scheme {s:?} not supported"));
+                        self.err(p, format!("redirect scheme {s:?} not supported"));
                     }
                     self.path_modifier(&p, r.path.as_ref(), route_path);
                 }
@@ -104,10 +131,10 @@ impl Checker<'_> {
                     if let Some(c) = &m.cluster
                         && self.snapshot.cluster(c).is_none()
                     {
-                        self.err(&p, format!("unknown mirror cluster {c:?}"));
+                        self.err(p, format!("unknown mirror cluster {c:?}"));
                     }
                     if m.per_million > 1_000_000 {
-                        self.err(&p, "mirror share above 100%");
+                        self.err(p, "mirror share above 100%");
                     }
                 }
                 HttpFilter::Cors(_) => {}
@@ -115,7 +142,12 @@ impl Checker<'_> {
         }
     }
 
-    fn path_modifier(&mut self, p: &str, m: Option<&PathModifier>, route_path: Option<&PathMatch>) {
+    fn path_modifier(
+        &mut self,
+        p: &FieldPath<'_>,
+        m: Option<&PathModifier>,
+        route_path: Option<&PathMatch>,
+    ) {
         match m {
             Some(PathModifier::ReplacePrefixMatch(_)) => {
                 if let Some(rp) = route_path
@@ -131,7 +163,7 @@ impl Checker<'_> {
         }
     }
 
-    fn route(&mut self, path: &str, r: &HttpRoute) {
+    fn route(&mut self, path: &FieldPath<'_>, r: &HttpRoute) {
         match &r.matcher.path {
             PathMatch::Exact(s) | PathMatch::Prefix(s) if !s.starts_with('/') => {
                 self.err(path, format!("path {s:?} must start with '/'"));
@@ -151,43 +183,44 @@ impl Checker<'_> {
     }
 
     fn listener(&mut self, l: &Listener) {
-        let path = format!("listeners[{}]", l.name);
+        let name = format!("listeners[{}]", l.name);
+        let path = FieldPath::Root(&name);
         if l.name != Listener::key(l.protocol.transport(), l.address, l.port) {
-            self.err(&path, "name does not match transport, address and port");
+            self.err(path, "name does not match transport, address and port");
         }
         match l.protocol {
             ListenerProtocol::Https => {
                 if l.tls.as_ref().is_none_or(|t| t.certificates.is_empty())
                     && l.tls_routes.is_empty()
                 {
-                    self.err(&path, "HTTPS listener without certificates");
+                    self.err(path, "HTTPS listener without certificates");
                 }
             }
             ListenerProtocol::Http | ListenerProtocol::Tcp | ListenerProtocol::Udp => {
                 if l.tls.is_some() {
-                    self.err(&path, "TLS settings on a cleartext listener");
+                    self.err(path, "TLS settings on a cleartext listener");
                 }
             }
             ListenerProtocol::Tls => {}
         }
         let mut hosts = HashSet::new();
         for vh in &l.virtual_hosts {
-            let vpath = format!("{path}.virtualHosts[{}]", vh.hostname);
+            let vpath = FieldPath::Key(&path, "virtualHosts", &vh.hostname);
             if !hosts.insert(vh.hostname.as_str()) {
-                self.err(&vpath, "duplicate virtual host");
+                self.err(vpath, "duplicate virtual host");
             }
             if !valid_host_pattern(&vh.hostname) {
-                self.err(&vpath, "invalid hostname pattern");
+                self.err(vpath, "invalid hostname pattern");
             }
             for (i, r) in vh.routes.iter().enumerate() {
-                self.route(&format!("{vpath}.routes[{i}]"), r);
+                self.route(&FieldPath::Index(&vpath, "routes", i), r);
             }
         }
         for (i, r) in l.tls_routes.iter().enumerate() {
-            self.backends(&format!("{path}.tlsRoutes[{i}]"), &r.backends);
+            self.backends(&FieldPath::Index(&path, "tlsRoutes", i), &r.backends);
         }
         for (i, r) in l.l4_routes.iter().enumerate() {
-            self.backends(&format!("{path}.l4Routes[{i}]"), &r.backends);
+            self.backends(&FieldPath::Index(&path, "l4Routes", i), &r.backends);
         }
     }
 }

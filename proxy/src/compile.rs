@@ -10,7 +10,8 @@ use crate::tls::ListenerTls;
 use crate::upstream::{BackendRt, Backends, ClusterRt, EndpointRt, PoolSettings};
 use http::HeaderValue;
 use sluice_ir::{
-    HttpRoute, Listener, ListenerProtocol, Snapshot, TlsMode, ValidationError, WeightedBackend,
+    FieldPath, HttpRoute, Listener, ListenerProtocol, Snapshot, TlsMode, ValidationError,
+    WeightedBackend,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,9 +28,9 @@ pub struct CompileError {
 }
 
 impl CompileError {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl ToString, message: impl Into<String>) -> Self {
         CompileError {
-            path: path.into(),
+            path: path.to_string(),
             message: message.into(),
         }
     }
@@ -74,7 +75,7 @@ pub(crate) struct Compiled {
 }
 
 fn compile_route(
-    path: &str,
+    path: &FieldPath<'_>,
     r: &HttpRoute,
     clusters: &HashMap<String, Arc<ClusterRt>>,
 ) -> Result<Route, CompileError> {
@@ -82,12 +83,12 @@ fn compile_route(
     let filters = Filters::compile(&r.filters, path, clusters)?;
     let mut backends = Vec::with_capacity(r.backends.len());
     for (i, b) in r.backends.iter().enumerate() {
-        let bpath = format!("{path}.backends[{i}]");
+        let bpath = FieldPath::Index(path, "backends", i);
         let cluster = match &b.cluster {
             Some(c) => Some(
                 clusters
                     .get(c)
-                    .ok_or_else(|| CompileError::new(&bpath, format!("unknown cluster {c:?}")))?
+                    .ok_or_else(|| CompileError::new(bpath, format!("unknown cluster {c:?}")))?
                     .clone(),
             ),
             None => None,
@@ -155,7 +156,7 @@ pub(crate) fn compile_listener(
     clusters: &HashMap<String, Arc<ClusterRt>>,
 ) -> Result<ListenerRuntime, CompileError> {
     let path = format!("listeners[{}]", l.name);
-    let router = Router::compile(&path, &l.virtual_hosts, |p, r| {
+    let router = Router::compile(&FieldPath::Root(&path), &l.virtual_hosts, |p, r| {
         compile_route(p, r, clusters)
     })?;
     let mut sni = SniRouter::default();

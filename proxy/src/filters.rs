@@ -5,6 +5,7 @@
 use crate::compile::CompileError;
 use crate::upstream::ClusterRt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use sluice_ir::FieldPath;
 use sluice_ir::{HttpFilter, PathModifier};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ pub(crate) struct HeaderMod {
 }
 
 impl HeaderMod {
-    fn compile(m: &sluice_ir::HeaderModifier, path: &str) -> Result<Self, CompileError> {
+    fn compile(m: &sluice_ir::HeaderModifier, path: &FieldPath<'_>) -> Result<Self, CompileError> {
         let pair = |h: &sluice_ir::HeaderValue| -> Result<(HeaderName, HeaderValue), CompileError> {
             Ok((
                 header_name(&h.name, path)?,
@@ -52,7 +53,7 @@ impl HeaderMod {
     }
 }
 
-fn header_name(n: &str, path: &str) -> Result<HeaderName, CompileError> {
+fn header_name(n: &str, path: &FieldPath<'_>) -> Result<HeaderName, CompileError> {
     HeaderName::from_bytes(n.as_bytes())
         .map_err(|_| CompileError::new(path, format!("invalid header name {n:?}")))
 }
@@ -209,7 +210,7 @@ pub(crate) struct CorsRt {
 }
 
 impl CorsRt {
-    fn compile(c: &sluice_ir::Cors, path: &str) -> Result<Self, CompileError> {
+    fn compile(c: &sluice_ir::Cors, path: &FieldPath<'_>) -> Result<Self, CompileError> {
         let mut origins = Vec::new();
         for o in &c.allow_origins {
             if o == "*" {
@@ -382,7 +383,7 @@ pub(crate) struct Filters {
 impl Filters {
     pub(crate) fn compile(
         filters: &[HttpFilter],
-        path: &str,
+        path: &FieldPath<'_>,
         clusters: &HashMap<String, Arc<ClusterRt>>,
     ) -> Result<Self, CompileError> {
         let mut f = Filters::default();
@@ -394,7 +395,7 @@ impl Filters {
             if fault::skip(filter) {
                 continue;
             }
-            let p = format!("{path}.filters[{i}]");
+            let p = FieldPath::Index(path, "filters", i);
             match filter {
                 HttpFilter::RequestHeaderModifier(m) => {
                     request.push(RequestFilter::Headers(HeaderMod::compile(m, &p)?))
@@ -403,7 +404,7 @@ impl Filters {
                 HttpFilter::UrlRewrite(r) => request.push(RequestFilter::Rewrite(RewriteRt {
                     hostname: match &r.hostname {
                         Some(h) => Some(HeaderValue::from_str(h).map_err(|_| {
-                            CompileError::new(&p, format!("invalid rewrite hostname {h:?}"))
+                            CompileError::new(p, format!("invalid rewrite hostname {h:?}"))
                         })?),
                         None => None,
                     },
@@ -416,14 +417,14 @@ impl Filters {
                         path: r.path.clone(),
                         port: r.port,
                         status: http::StatusCode::from_u16(r.status_code).map_err(|_| {
-                            CompileError::new(&p, format!("invalid status {}", r.status_code))
+                            CompileError::new(p, format!("invalid status {}", r.status_code))
                         })?,
                     }))
                 }
                 HttpFilter::RequestMirror(m) => {
                     if let Some(c) = &m.cluster {
                         let cluster = clusters.get(c).ok_or_else(|| {
-                            CompileError::new(&p, format!("unknown mirror cluster {c:?}"))
+                            CompileError::new(p, format!("unknown mirror cluster {c:?}"))
                         })?;
                         mirrors.push(MirrorRt {
                             cluster: cluster.clone(),
@@ -543,7 +544,7 @@ mod tests {
                 allow_origins: vec!["https://www.foo.com".into(), "https://*.bar.com".into()],
                 ..Default::default()
             },
-            "t",
+            &FieldPath::Root("t"),
         )
         .unwrap();
         assert!(c.origin_allowed("https://www.foo.com"));

@@ -10,6 +10,7 @@ use crate::fxhash::FxHashMap as HashMap;
 use crate::upstream::Backends;
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
+use sluice_ir::FieldPath;
 use sluice_ir::{HttpMatch, PathMatch, RetryPolicy, RouteId, StringMatch, Timeouts, VirtualHost};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -23,7 +24,7 @@ pub(crate) enum StrMatch {
 }
 
 impl StrMatch {
-    fn compile(m: &StringMatch, what: &str) -> Result<Self, CompileError> {
+    fn compile(m: &StringMatch, what: &FieldPath<'_>) -> Result<Self, CompileError> {
         Ok(match m {
             StringMatch::Exact(s) => StrMatch::Exact(s.as_str().into()),
             StringMatch::Regex(re) => StrMatch::Regex(anchored(re, what)?),
@@ -38,7 +39,7 @@ impl StrMatch {
     }
 }
 
-fn anchored(re: &str, what: &str) -> Result<Regex, CompileError> {
+fn anchored(re: &str, what: &FieldPath<'_>) -> Result<Regex, CompileError> {
     Regex::new(&format!("^(?:{re})$"))
         .map_err(|e| CompileError::new(what, format!("invalid regular expression {re:?}: {e}")))
 }
@@ -197,8 +198,11 @@ pub struct VHost {
 impl VHost {
     fn compile(
         vh: &VirtualHost,
-        path: &str,
-        mut compile_route: impl FnMut(&str, &sluice_ir::HttpRoute) -> Result<Route, CompileError>,
+        path: &FieldPath<'_>,
+        mut compile_route: impl FnMut(
+            &FieldPath<'_>,
+            &sluice_ir::HttpRoute,
+        ) -> Result<Route, CompileError>,
     ) -> Result<Self, CompileError> {
         let mut v = VHost {
             hostname: vh.hostname.as_str().into(),
@@ -212,7 +216,7 @@ impl VHost {
         let mut regex_ranks = Vec::new();
         for (rank, r) in vh.routes.iter().enumerate() {
             let rank = rank as u32;
-            let rpath = format!("{path}.routes[{rank}]");
+            let rpath = FieldPath::Index(path, "routes", rank as usize);
             let route = compile_route(&rpath, r)?;
             match &r.matcher.path {
                 PathMatch::Exact(p) => v.exact.entry(p.as_str().into()).or_default().push(rank),
@@ -346,13 +350,16 @@ pub struct Router {
 
 impl Router {
     pub(crate) fn compile(
-        listener_path: &str,
+        listener_path: &FieldPath<'_>,
         vhosts: &[VirtualHost],
-        mut compile_route: impl FnMut(&str, &sluice_ir::HttpRoute) -> Result<Route, CompileError>,
+        mut compile_route: impl FnMut(
+            &FieldPath<'_>,
+            &sluice_ir::HttpRoute,
+        ) -> Result<Route, CompileError>,
     ) -> Result<Self, CompileError> {
         let mut r = Router::default();
         for vh in vhosts {
-            let path = format!("{listener_path}.virtualHosts[{}]", vh.hostname);
+            let path = FieldPath::Key(listener_path, "virtualHosts", &vh.hostname);
             let idx = r.vhosts.len() as u32;
             r.vhosts
                 .push(VHost::compile(vh, &path, &mut compile_route)?);
@@ -463,7 +470,10 @@ pub(crate) type Conditions = (
 );
 
 /// The HttpMatch conditions other than the path, compiled.
-pub(crate) fn compile_conditions(path: &str, m: &HttpMatch) -> Result<Conditions, CompileError> {
+pub(crate) fn compile_conditions(
+    path: &FieldPath<'_>,
+    m: &HttpMatch,
+) -> Result<Conditions, CompileError> {
     let method = match &m.method {
         Some(s) => Some(
             Method::from_bytes(s.as_bytes())
