@@ -58,7 +58,14 @@ impl Precedence {
 struct HttpEntry {
     listener_hostname: Option<String>,
     key: Precedence,
-    route: HttpRoute,
+    /// Always set until [`assemble_vhosts`] moves it into its last virtual host.
+    route: Option<HttpRoute>,
+}
+
+impl HttpEntry {
+    fn id(&self) -> &sluice_ir::RouteId {
+        &self.route.as_ref().expect("moved out only at the end").id
+    }
 }
 
 /// Ordering of TLS and L4 routes: oldest route first, then rule index.
@@ -178,11 +185,12 @@ impl IrBuilder {
         if let Some(lb) = self.listeners.get_mut(key) {
             lb.vhosts
                 .entry(vhost.to_string())
-                .or_default()
+                // Most virtual hosts get one entry; a Vec grows to four at its first push.
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push(HttpEntry {
                     listener_hostname: listener_hostname.map(str::to_string),
                     key: precedence,
-                    route,
+                    route: Some(route),
                 });
         }
     }
@@ -237,7 +245,7 @@ fn assemble_vhosts(
                 hostname::specificity_cmp(a.as_deref().unwrap_or("*"), b.as_deref().unwrap_or("*"))
             })
     };
-    let (names, lists): (Vec<String>, Vec<Vec<HttpEntry>>) = raw.into_iter().unzip();
+    let (names, mut lists): (Vec<String>, Vec<Vec<HttpEntry>>) = raw.into_iter().unzip();
     let find = |h: &str| names.binary_search_by(|n| n.as_str().cmp(h)).ok();
     let wildcards: Vec<usize> = (0..names.len())
         .filter(|&i| hostname::is_wildcard(&names[i]) || names[i] == "*")
@@ -268,12 +276,20 @@ fn assemble_vhosts(
             }
         }
         picked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let mut seen = BTreeSet::new();
-        let plan: Vec<(usize, usize)> = picked
-            .into_iter()
-            .filter(|&(_, _, li, ei)| seen.insert(&lists[li][ei].route.id))
-            .map(|(_, _, li, ei)| (li, ei))
-            .collect();
+        let id = |&(_, _, li, ei): &(usize, &Precedence, usize, usize)| lists[li][ei].id();
+        let plan: Vec<(usize, usize)> = if picked.iter().all(|p| p.0 == 0) {
+            // One list: an entry's precedence names its route entry, so the copies of one
+            // entry (from listeners that share a hostname) sort next to each other.
+            picked.dedup_by(|a, b| id(a) == id(b));
+            picked.into_iter().map(|(_, _, li, ei)| (li, ei)).collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            picked
+                .into_iter()
+                .filter(|p| seen.insert(id(p)))
+                .map(|(_, _, li, ei)| (li, ei))
+                .collect()
+        };
         let is_listener_host = listener_hosts.iter().flatten().any(|h| h == host);
         let has_own = own.is_some_and(|li| lists[li].iter().any(keep));
         if has_own || is_listener_host {
@@ -283,10 +299,6 @@ fn assemble_vhosts(
             plans.push((host.to_string(), plan));
         }
     }
-    let mut cells: Vec<Vec<Option<HttpRoute>>> = lists
-        .into_iter()
-        .map(|l| l.into_iter().map(|e| Some(e.route)).collect())
-        .collect();
     let mut out: Vec<VirtualHost> = plans
         .into_iter()
         .map(|(hostname, plan)| {
@@ -294,10 +306,11 @@ fn assemble_vhosts(
                 .into_iter()
                 .filter_map(|(li, ei)| {
                     uses[li][ei] -= 1;
+                    let cell = &mut lists[li][ei].route;
                     if uses[li][ei] == 0 {
-                        cells[li][ei].take()
+                        cell.take()
                     } else {
-                        cells[li][ei].clone()
+                        cell.clone()
                     }
                 })
                 .collect();

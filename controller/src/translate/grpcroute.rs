@@ -50,7 +50,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
             &verdict,
             &ctx.opts.controller_name,
         );
-        httproute::emit(gws, out, &accepted, &rules, &Age::of(&route.metadata));
+        httproute::emit(gws, out, &accepted, rules, &Age::of(&route.metadata));
     }
 }
 

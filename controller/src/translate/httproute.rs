@@ -68,7 +68,7 @@ pub(crate) fn process(ctx: &Ctx<'_>, gws: &mut Gateways, out: &mut Out) {
             &ctx.opts.controller_name,
         );
         let age = Age::of(&route.metadata);
-        emit(gws, out, &accepted, &rules, &age);
+        emit(gws, out, &accepted, rules, &age);
     }
 }
 
@@ -95,14 +95,14 @@ pub(crate) fn emit(
     gws: &Gateways,
     out: &mut Out,
     accepted: &[Attachment],
-    rules: &[CompiledRule],
+    rules: Vec<CompiledRule>,
     age: &Age,
 ) {
     let age = std::rc::Rc::new(age.clone());
     let mut kinds: Vec<std::rc::Rc<str>> = Vec::new();
-    let entries: Vec<(Precedence, &ir::HttpRoute)> = rules
-        .iter()
-        .flat_map(|r| r.entries.iter())
+    let mut entries: Vec<(Precedence, ir::HttpRoute)> = rules
+        .into_iter()
+        .flat_map(|r| r.entries)
         .map(|e| {
             let kind = match kinds.iter().find(|k| &k[..] == e.id.route.kind.as_str()) {
                 Some(k) => k.clone(),
@@ -112,7 +112,7 @@ pub(crate) fn emit(
                     k
                 }
             };
-            (Precedence::of(e, &age, &kind), e)
+            (Precedence::of(&e, &age, &kind), e)
         })
         .collect();
     for att in accepted {
@@ -131,34 +131,37 @@ pub(crate) fn emit(
                 out.use_cluster(c, &gateway);
             }
         }
+    }
+    // Every (listener, virtual host) the entries go to; the last one gets the entries
+    // themselves, the others copies. Listeners that could not be registered (see
+    // `register_listeners`) serve nothing.
+    let mut targets: Vec<(&str, &str, Option<&str>)> = Vec::new();
+    for att in accepted {
         for (l, hosts) in &att.listeners {
             if !gws.programmed(*l) {
                 continue;
             }
             let ls = &gws.listeners[*l];
-            let Some(protocol) = ls.protocol else {
-                continue;
-            };
-            let gw = &gws.list[ls.gateway];
-            for &addr in &gw.addresses {
-                let source = ir::ListenerSource {
-                    parent: ls.parent.clone(),
-                    listener: ls.name.clone(),
-                };
-                let Ok(key) =
-                    out.ir
-                        .listener(addr, ls.port, protocol, source, ls.hostname.as_deref())
-                else {
+            for addr in &gws.list[ls.gateway].addresses {
+                let Some(key) = out.listener_keys.get(&(*l, *addr)) else {
                     continue;
                 };
                 for h in hosts {
-                    for (p, e) in &entries {
-                        out.ir
-                            .http(&key, h, ls.hostname.as_deref(), p.clone(), (*e).clone());
-                    }
+                    targets.push((key, h, ls.hostname.as_deref()));
                 }
             }
         }
+    }
+    let Some(((last_key, last_host, last_lh), others)) = targets.split_last() else {
+        return;
+    };
+    for (key, h, lh) in others {
+        for (p, e) in &entries {
+            out.ir.http(key, h, *lh, p.clone(), e.clone());
+        }
+    }
+    for (p, e) in entries.drain(..) {
+        out.ir.http(last_key, last_host, *last_lh, p, e);
     }
 }
 
@@ -181,6 +184,7 @@ pub(crate) fn register_listeners(gws: &Gateways, out: &mut Out) {
                 out.ir
                     .listener(addr, ls.port, protocol, source, ls.hostname.as_deref())
             {
+                out.listener_keys.insert((l, addr), key.clone());
                 out.ir.certificates(&key, &ls.certificates);
                 if ls.http3.unwrap_or(gws.list[ls.gateway].class_http3) {
                     out.ir.http3(&key);

@@ -36,7 +36,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use sluice_ir::status::{ResourceStatus, StatusReport};
 use sluice_ir::{Cluster, L4Service, ObjectRef, Snapshot};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// Settings of the translation that do not come from the objects.
@@ -168,6 +168,9 @@ pub(crate) struct Out {
     pub clusters: BTreeMap<String, Cluster>,
     pub services: Vec<L4Service>,
     pub ir: builder::IrBuilder,
+    /// The IR listener key of every programmed Gateway listener (by index in
+    /// [`gateway::Gateways::listeners`]) on each of its addresses, once it is registered.
+    pub listener_keys: HashMap<(usize, IpAddr), String>,
     /// Gateways whose accepted routes use a cluster (BackendTLSPolicy ancestors).
     pub cluster_users: BTreeMap<String, std::collections::BTreeSet<ObjectRef>>,
 }
@@ -201,6 +204,7 @@ impl Out {
             clusters,
             services,
             ir,
+            listener_keys: _,
             cluster_users: _,
         } = self;
         let listeners = ir.finish();
@@ -211,20 +215,19 @@ impl Out {
             .into_values()
             .filter(|c| used.contains(c.name.as_str()))
             .collect();
-        let mut resources: Vec<ResourceStatus> = status
+        // Both maps are ordered by object, (kind, namespace, name): walk them side by side
+        // instead of looking every status up.
+        let mut sources = res.sources.iter().peekable();
+        let resources: Vec<ResourceStatus> = status
             .into_values()
             .map(|mut s| {
-                s.source = res.sources.get(&s.object).cloned();
+                while sources.next_if(|(o, _)| **o < s.object).is_some() {}
+                s.source = sources
+                    .next_if(|(o, _)| **o == s.object)
+                    .map(|(_, l)| l.clone());
                 s
             })
             .collect();
-        resources.sort_by(|a, b| {
-            (&a.object.kind, &a.object.namespace, &a.object.name).cmp(&(
-                &b.object.kind,
-                &b.object.namespace,
-                &b.object.name,
-            ))
-        });
         let mut errors = res.errors.clone();
         errors.sort_by(|a, b| {
             a.source
@@ -247,7 +250,7 @@ impl Out {
 fn used_clusters<'l>(
     listeners: &'l [sluice_ir::Listener],
     services: &'l [L4Service],
-) -> std::collections::BTreeSet<&'l str> {
+) -> std::collections::HashSet<&'l str> {
     use sluice_ir::{HttpFilter, WeightedBackend};
     fn mirrors(filters: &[HttpFilter]) -> impl Iterator<Item = &str> {
         filters.iter().filter_map(|f| match f {
@@ -259,7 +262,8 @@ fn used_clusters<'l>(
         bs.iter()
             .flat_map(|b| b.cluster.as_deref().into_iter().chain(mirrors(&b.filters)))
     }
-    let mut used = std::collections::BTreeSet::new();
+    // A hash set: every backend of every route is inserted, mostly names already in it.
+    let mut used = std::collections::HashSet::new();
     for l in listeners {
         for r in l.virtual_hosts.iter().flat_map(|v| v.routes.iter()) {
             used.extend(backends(&r.backends));
