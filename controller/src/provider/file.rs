@@ -28,8 +28,9 @@ struct Parsed {
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
-    /// Hash of the content last read.
-    content_hash: u64,
+    /// The content last read (`None` after a read error): compared whole, which is faster
+    /// than hashing it and cannot be fooled by a collision.
+    content: Option<Vec<u8>>,
     /// Objects of the last version that loaded cleanly.
     good: Option<Vec<Parsed>>,
     /// Errors of the current version (empty when it is the good one).
@@ -61,12 +62,6 @@ pub struct DirError {
     /// Why.
     #[source]
     pub source: std::io::Error,
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 struct Located<'a> {
@@ -160,7 +155,7 @@ impl FileProvider {
         self.files.retain(|p, _| paths.binary_search(p).is_ok());
         for path in &paths {
             let state = self.files.entry(path.clone()).or_default();
-            // Reading and hashing is cheap next to parsing, and unlike modification times it
+            // Reading and comparing is cheap next to parsing, and unlike modification times it
             // never misses a rewrite within one clock tick.
             let text = match std::fs::read(path) {
                 Ok(bytes) => bytes,
@@ -168,16 +163,18 @@ impl FileProvider {
                     let err = vec![error_at(path, 1, None, None, format!("cannot read: {e}"))];
                     errors_changed |= state.errors != err;
                     state.errors = err;
-                    state.content_hash = 0;
+                    state.content = None;
                     continue;
                 }
             };
-            let hash = fnv(&text);
-            if hash == state.content_hash && (state.good.is_some() || !state.errors.is_empty()) {
+            if state.content.as_deref() == Some(text.as_slice())
+                && (state.good.is_some() || !state.errors.is_empty())
+            {
                 continue;
             }
-            state.content_hash = hash;
-            match parse_file(path, &text) {
+            let parsed = parse_file(path, &text);
+            state.content = Some(text);
+            match parsed {
                 Ok(objects) => {
                     state.good = Some(objects);
                     errors_changed |= !state.errors.is_empty();
