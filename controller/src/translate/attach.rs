@@ -119,30 +119,24 @@ pub(crate) fn attach(
         if group != GATEWAY_GROUP {
             continue;
         }
-        let (gateway, candidates, what): (usize, Vec<usize>, String) = match kind {
+        let (gateway, candidates): (usize, Vec<usize>) = match kind {
             "Gateway" => {
                 let Some(g) = gws.gateway(ns, &r.name) else {
                     continue;
                 };
-                (
-                    g,
-                    gws.list[g].listeners.clone(),
-                    format!("Gateway {ns}/{}", r.name),
-                )
+                (g, gws.list[g].listeners.clone())
             }
             "ListenerSet" => {
                 let Some(s) = gws.set(ns, &r.name) else {
                     continue;
                 };
                 let set = &gws.sets[s];
-                (
-                    set.gateway,
-                    set.listeners.clone(),
-                    format!("ListenerSet {ns}/{}", r.name),
-                )
+                (set.gateway, set.listeners.clone())
             }
             _ => continue,
         };
+        // For messages only.
+        let what = || format!("{kind} {ns}/{}", r.name);
         let parent_ref = ParentRef {
             group: Some(group.to_string()),
             kind: Some(kind.to_string()),
@@ -167,7 +161,7 @@ pub(crate) fn attach(
         {
             att.problem = Some(Problem::new(
                 reason::NO_MATCHING_PARENT,
-                format!("{what} is not attached to its Gateway: {}", p.message),
+                format!("{} is not attached to its Gateway: {}", what(), p.message),
             ));
             out.push(att);
             continue;
@@ -182,6 +176,7 @@ pub(crate) fn attach(
             })
             .collect();
         if selected.is_empty() {
+            let what = what();
             let m = match (section, r.port) {
                 (Some(s), Some(p)) => format!("{what} has no listener named {s:?} on port {p}"),
                 (Some(s), None) => format!("{what} has no listener named {s:?}"),
