@@ -578,4 +578,33 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_route_from_two_listeners_on_one_port_is_served_once() {
+        let mut b = IrBuilder::default();
+        let addr: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut keys = Vec::new();
+        for gw in ["gw-1", "gw-2"] {
+            let src = ListenerSource {
+                parent: ObjectRef::new("Gateway", "ns", gw),
+                listener: "http".into(),
+            };
+            keys.push(b.listener(addr, 80, Protocol::Http, src, None).unwrap());
+        }
+        let r = entry("r", PathMatch::Prefix("/".into()), false, 0, 0);
+        let q = entry("q", PathMatch::Prefix("/api".into()), false, 0, 0);
+        let (age_r, age_q) = (age("r", Some(1)), age("q", Some(2)));
+        for k in &keys {
+            b.http(k, "a.example.com", None, p(&r, &age_r), r.clone());
+        }
+        b.http(&keys[0], "a.example.com", None, p(&q, &age_q), q);
+        let ls = b.finish();
+        assert_eq!(ls.len(), 1);
+        let names: Vec<&str> = ls[0].virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|r| r.id.route.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["q", "r"]);
+    }
 }
