@@ -84,15 +84,7 @@ fn compile_route(
     let mut backends = Vec::with_capacity(r.backends.len());
     for (i, b) in r.backends.iter().enumerate() {
         let bpath = FieldPath::Index(path, "backends", i);
-        let cluster = match &b.cluster {
-            Some(c) => Some(
-                clusters
-                    .get(c)
-                    .ok_or_else(|| CompileError::new(bpath, format!("unknown cluster {c:?}")))?
-                    .clone(),
-            ),
-            None => None,
-        };
+        let cluster = backend_cluster(&bpath, b, clusters)?;
         let name: Arc<str> = match &cluster {
             Some(c) => c.name.clone(),
             None => "<invalid>".into(),
@@ -122,27 +114,32 @@ fn compile_route(
     })
 }
 
+/// The cluster a backend sends to (`None` for an unresolved backend, which answers an
+/// error), or an error when the snapshot has no such cluster.
+fn backend_cluster(
+    path: &FieldPath<'_>,
+    b: &WeightedBackend,
+    clusters: &HashMap<String, Arc<ClusterRt>>,
+) -> Result<Option<Arc<ClusterRt>>, CompileError> {
+    b.cluster
+        .as_ref()
+        .map(|c| {
+            clusters
+                .get(c)
+                .cloned()
+                .ok_or_else(|| CompileError::new(path, format!("unknown cluster {c:?}")))
+        })
+        .transpose()
+}
+
 fn l4_backends(
-    path: &str,
+    path: &FieldPath<'_>,
     list: &[WeightedBackend],
     clusters: &HashMap<String, Arc<ClusterRt>>,
 ) -> Result<L4Backends, CompileError> {
     let mut out = Vec::with_capacity(list.len());
     for (i, b) in list.iter().enumerate() {
-        let cluster = match &b.cluster {
-            Some(c) => Some(
-                clusters
-                    .get(c)
-                    .ok_or_else(|| {
-                        CompileError::new(
-                            format!("{path}.backends[{i}]"),
-                            format!("unknown cluster {c:?}"),
-                        )
-                    })?
-                    .clone(),
-            ),
-            None => None,
-        };
+        let cluster = backend_cluster(&FieldPath::Index(path, "backends", i), b, clusters)?;
         out.push((b.weight, L4Backend { cluster }));
     }
     Ok(L4Backends::new(out))
@@ -156,9 +153,8 @@ pub(crate) fn compile_listener(
     clusters: &HashMap<String, Arc<ClusterRt>>,
 ) -> Result<ListenerRuntime, CompileError> {
     let path = format!("listeners[{}]", l.name);
-    let router = Router::compile(&FieldPath::Root(&path), &l.virtual_hosts, |p, r| {
-        compile_route(p, r, clusters)
-    })?;
+    let at = FieldPath::Root(&path);
+    let router = Router::compile(&at, &l.virtual_hosts, |p, r| compile_route(p, r, clusters))?;
     let mut sni = SniRouter::default();
     if matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tls) {
         for (i, r) in l.tls_routes.iter().enumerate() {
@@ -166,11 +162,14 @@ pub(crate) fn compile_listener(
             if l.protocol == ListenerProtocol::Https && r.mode != TlsMode::Passthrough {
                 continue;
             }
-            let rpath = format!("{path}.tlsRoutes[{i}]");
             let route = SniRoute {
                 name: r.id.to_string().into(),
                 mode: r.mode,
-                backends: l4_backends(&rpath, &r.backends, clusters)?,
+                backends: l4_backends(
+                    &FieldPath::Index(&at, "tlsRoutes", i),
+                    &r.backends,
+                    clusters,
+                )?,
             };
             sni.add(&r.hostnames, Arc::new(route));
         }
@@ -178,7 +177,8 @@ pub(crate) fn compile_listener(
     }
     let l4 = match (l.protocol, l.l4_routes.first()) {
         (ListenerProtocol::Tcp | ListenerProtocol::Udp, Some(r)) => {
-            let backends = l4_backends(&format!("{path}.l4Routes[0]"), &r.backends, clusters)?;
+            let backends =
+                l4_backends(&FieldPath::Index(&at, "l4Routes", 0), &r.backends, clusters)?;
             Some(L4Route {
                 name: r.id.to_string().into(),
                 endpoints: backends.endpoint_addrs(),

@@ -5,8 +5,7 @@
 use crate::compile::CompileError;
 use crate::upstream::ClusterRt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use sluice_ir::FieldPath;
-use sluice_ir::{HttpFilter, PathModifier};
+use sluice_ir::{FieldPath, HttpFilter, PathModifier};
 use std::collections::HashMap;
 use std::sync::Arc;
 

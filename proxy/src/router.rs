@@ -10,8 +10,9 @@ use crate::fxhash::FxHashMap as HashMap;
 use crate::upstream::Backends;
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
-use sluice_ir::FieldPath;
-use sluice_ir::{HttpMatch, PathMatch, RetryPolicy, RouteId, StringMatch, Timeouts, VirtualHost};
+use sluice_ir::{
+    FieldPath, HttpMatch, PathMatch, RetryPolicy, RouteId, StringMatch, Timeouts, VirtualHost,
+};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
